@@ -1,0 +1,40 @@
+"""Shared helpers for the benchmarks: time whole commands, alternating, and report medians."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+
+
+def time_command(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> float:
+    """Wall seconds one run of `argv` takes; fails loudly if the command fails."""
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+    return time.perf_counter() - start
+
+
+def compare(
+    candidate: Sequence[str], baseline: Sequence[str], *, runs: int = 7, warmup: int = 1,
+    env: dict[str, str] | None = None, cwd: str | None = None,
+) -> tuple[list[float], list[float]]:
+    """Run both commands `runs` times, alternating so both see the same machine state; return their times."""
+    for _ in range(warmup):
+        time_command(candidate, env=env, cwd=cwd)
+        time_command(baseline, env=env, cwd=cwd)
+    ours, theirs = [], []
+    for _ in range(runs):
+        ours.append(time_command(candidate, env=env, cwd=cwd))
+        theirs.append(time_command(baseline, env=env, cwd=cwd))
+    return ours, theirs
+
+
+def report(name: str, ours: list[float], base_name: str, theirs: list[float]) -> float:
+    """Print medians and the ratio ours/theirs; return the ratio."""
+    a, b = statistics.median(ours), statistics.median(theirs)
+    ratio = a / b
+    print(f"{name:<28} median {a * 1000:8.1f} ms  (min {min(ours) * 1000:.1f}, max {max(ours) * 1000:.1f})")
+    print(f"{base_name:<28} median {b * 1000:8.1f} ms  (min {min(theirs) * 1000:.1f}, max {max(theirs) * 1000:.1f})")
+    print(f"ratio {name} / {base_name}: {ratio:.2f}")
+    return ratio

@@ -1,0 +1,88 @@
+"""Raw facts: everything the collectors saw, as JSON. A capture is a pure function of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+from envlock._version import __version__
+from envlock.errors import FactsError
+
+FACTS_FORMAT = 1
+MAX_FACTS_BYTES = 64 * 1024 * 1024
+
+
+def collect_facts(*, use_torch: bool = True) -> dict[str, Any]:
+    """Read this machine and process; `use_torch=False` leaves torch out (and unimported)."""
+    from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
+    from envlock.probes.cpu import collect_cpu
+    from envlock.probes.floats import collect_env, collect_torch
+    from envlock.probes.gpu import collect_gpu
+    from envlock.probes.packages import collect_packages
+    from envlock.probes.platform import collect_platform
+    from envlock.probes.python import collect_python
+
+    # Importing torch is most of a capture's cost: let it run while the cheap collectors read the machine.
+    modules = NUMERIC_MODULES if use_torch else tuple(m for m in NUMERIC_MODULES if m != "torch")
+    failure: list[BaseException] = []
+
+    def _load() -> None:
+        try:
+            load_numeric_modules(modules)
+        except BaseException as exc:  # re-raised in the calling thread below
+            failure.append(exc)
+
+    loader = threading.Thread(target=_load, name="envlock-import", daemon=True)
+    loader.start()
+    facts: dict[str, Any] = {
+        "envlock_facts": FACTS_FORMAT,
+        "envlock": __version__,
+        "python": collect_python(),
+        "packages": collect_packages(),
+        "platform": collect_platform(),
+        "cpu": collect_cpu(),
+        "env": collect_env(),
+        "gpu": collect_gpu(),
+    }
+    loader.join()
+    if failure:
+        raise failure[0]
+    facts["blas"] = collect_blas(import_modules=False)
+    torch = collect_torch(import_torch=False) if use_torch else None
+    if torch is not None:
+        facts["torch"] = torch
+    return facts
+
+
+def dumps_facts(facts: dict[str, Any]) -> str:
+    """Facts as stable, readable JSON."""
+    return json.dumps(facts, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Facts read from an `envlock facts` dump, with one-line errors for anything unreadable."""
+    name = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FACTS_BYTES + 1)
+    except FileNotFoundError:
+        raise FactsError(name, "no such facts file (write one with `envlock facts -o FILE`)") from None
+    except OSError as exc:
+        raise FactsError(name, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FACTS_BYTES:
+        raise FactsError(name, "file is too large for a facts dump")
+    try:
+        facts = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FactsError(name, "not UTF-8 text; not a facts dump") from None
+    except RecursionError:
+        raise FactsError(name, "nesting is too deep; not a facts dump") from None
+    except ValueError as exc:
+        raise FactsError(name, f"not valid JSON: {exc}") from None
+    if not isinstance(facts, dict) or "envlock_facts" not in facts:
+        raise FactsError(name, "not an envlock facts dump (no `envlock_facts` key)")
+    if facts["envlock_facts"] != FACTS_FORMAT:
+        raise FactsError(name, f"facts format {facts['envlock_facts']!r} is not supported", "envlock_facts")
+    return facts

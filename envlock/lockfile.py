@@ -1,0 +1,241 @@
+"""Reading and writing lock files: the only module that knows TOML.
+
+Reading uses the standard `tomllib` (strict and fast, for the job-start path); writing uses tomlkit, so a
+re-capture keeps the user's comments and their hand-edited `[policy]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from envlock.errors import LockError
+from envlock.model import SCHEMA_VERSION, Lock, LockHeader, ModelError, from_dict, to_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+MAX_LOCK_BYTES = 8 * 1024 * 1024
+HEADER = """\
+envlock lock file: the Python packages, hardware and float settings this job was captured with.
+Written by `envlock capture`; check a machine against it with `envlock verify`.
+Regenerate with `envlock capture -o {name}`: comments and [policy] are kept, everything else is rewritten.
+Edit [policy] freely; any other hand edit makes the content hash fail.
+"""
+POLICY_COMMENT = (
+    "rule: exact | min (at least) | compatible (same major.minor) | ignore; severity: error | warn. "
+    "Keys are dotted paths, * stands for one segment."
+)
+UNHASHED = ("lock", "policy")
+
+
+def default_lock_path() -> Path:
+    """The lock a command uses when none is named: ./envlock.lock, else $ENVLOCK_LOCK."""
+    local = Path("envlock.lock")
+    if local.exists():
+        return local
+    env = os.environ.get("ENVLOCK_LOCK")
+    return Path(env) if env else local
+
+
+def content_hash(data: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of everything but `[lock]` and `[policy]`."""
+    locked = {key: value for key, value in data.items() if key not in UNHASHED}
+    text = json.dumps(locked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal(lock: Lock, *, envlock_version: str, created: str) -> Lock:
+    """The lock with a fresh `[lock]` header whose content hash covers its facts."""
+    header = LockHeader(
+        schema=SCHEMA_VERSION, envlock=envlock_version, created=created, content_hash=content_hash(to_dict(lock))
+    )
+    return dataclasses.replace(lock, lock=header)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The text of a lock file, refusing oversized or non-UTF-8 files with a one-line error."""
+    name = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_LOCK_BYTES + 1)
+    except FileNotFoundError:
+        raise LockError(name, "no such lock file (run `envlock capture` to write one)") from None
+    except IsADirectoryError:
+        raise LockError(name, "is a directory, not a lock file") from None
+    except OSError as exc:
+        raise LockError(name, f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_LOCK_BYTES:
+        raise LockError(name, f"file is larger than {MAX_LOCK_BYTES // (1024 * 1024)} MiB; not a lock file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LockError(name, f"not UTF-8 text (byte {exc.start}); not a lock file") from None
+
+
+def parse_toml(text: str, name: str) -> dict[str, Any]:
+    """Plain data from TOML text, with every parser failure turned into a LockError."""
+    if text.startswith("\ufeff"):
+        raise LockError(name, "starts with a byte-order mark; save it as plain UTF-8")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LockError(name, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise LockError(name, "nesting is too deep; not a lock file") from None
+
+
+def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
+    """Refuse an unknown major schema version; return warnings for a newer minor."""
+    header = data.get("lock")
+    if not isinstance(header, dict):
+        raise LockError(name, "required table is missing" if header is None else "expected a table", "lock")
+    schema = header.get("schema")
+    if not isinstance(schema, str):
+        raise LockError(name, "expected a string such as \"1.0\"", "lock.schema")
+    major, _, minor = schema.partition(".")
+    ours_major, _, ours_minor = SCHEMA_VERSION.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise LockError(name, f"{schema!r} is not a schema version", "lock.schema")
+    if major != ours_major:
+        raise LockError(
+            name, f"schema version {schema} is not supported (this envlock reads {ours_major}.x)", "lock.schema"
+        )
+    if int(minor) > int(ours_minor):
+        return [f"{name}: schema {schema} is newer than this envlock's {SCHEMA_VERSION}; upgrade envlock"]
+    return []
+
+
+def loads(text: str, name: str = "envlock.lock") -> tuple[Lock, list[str]]:
+    """A validated Lock from TOML text, and any warnings; raises LockError naming the dotted place."""
+    data = parse_toml(text, name)
+    warnings = check_schema_version(data, name)
+    try:
+        lock = from_dict(Lock, data)
+    except ModelError as exc:
+        raise LockError(name, exc.message, exc.where) from None
+    expected = content_hash(to_dict(lock))
+    if lock.lock.content_hash != expected:
+        raise LockError(
+            name,
+            "content hash does not match the locked facts (edited by hand?); re-run `envlock capture` "
+            "or restore the file",
+            "lock.content_hash",
+        )
+    return lock, warnings
+
+
+def load(path: str | os.PathLike[str]) -> tuple[Lock, list[str]]:
+    """A validated Lock read from `path`, and any warnings."""
+    return loads(read_text(path), str(path))
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> Any:
+    import tomlkit
+
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        for key, item in value.items():
+            table[key] = _toml_value(item)
+        return table
+    if isinstance(value, list):
+        array = tomlkit.array()
+        for item in value:
+            array.append(_toml_value(item))
+        return array
+    return value
+
+
+#: Tables whose entries are records, written one record per line as inline tables.
+INLINE_MAPS = frozenset({"packages", "floats.env", "policy.rules"})
+
+
+def _table(data: dict[str, Any], where: str = "") -> Any:
+    import tomlkit
+
+    table = tomlkit.table()
+    for key, value in data.items():
+        place = f"{where}.{key}" if where else key
+        if isinstance(value, dict) and place in INLINE_MAPS:
+            inline = tomlkit.table()
+            for name, record in value.items():
+                inline[name] = _toml_value(record)
+            table[key] = inline
+        elif isinstance(value, dict):
+            table[key] = _table(value, place)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            array = tomlkit.array()
+            for item in value:
+                array.append(_toml_value(item))
+            array.multiline(True)
+            table[key] = array
+        else:
+            table[key] = _toml_value(value)
+    return table
+
+
+def _policy_table(policy: dict[str, Any]) -> Any:
+    import tomlkit
+
+    table = tomlkit.table()
+    table.add(tomlkit.comment(POLICY_COMMENT))
+    for key, value in policy.items():
+        if key == "rules":
+            rules = tomlkit.table()
+            for path, rule in value.items():
+                rules[path] = _toml_value(rule)
+            table["rules"] = rules
+        else:
+            table[key] = value
+    return table
+
+
+ORDER = ("lock", "policy", "python", "packages", "floats", "targets")
+
+
+def _render(key: str, value: Any) -> Any:
+    import tomlkit
+
+    if key == "packages":
+        table = tomlkit.table()
+        for name, package in value.items():
+            table[name] = _toml_value(package)
+        return table
+    if key == "policy":
+        return _policy_table(value)
+    return _table(value, key)
+
+
+def dumps(lock: Lock, *, name: str = "envlock.lock", previous: str | None = None) -> str:
+    """The lock as TOML text; with `previous` (the old file's text), its comments and `[policy]` are kept."""
+    import tomlkit
+
+    data = to_dict(lock)
+    if previous is not None:
+        doc = tomlkit.parse(previous)
+        for key in list(doc.keys()):
+            if key not in data:
+                del doc[key]
+    else:
+        doc = tomlkit.document()
+        for line in HEADER.format(name=name).splitlines():
+            doc.add(tomlkit.comment(line))
+        doc.add(tomlkit.nl())
+    for key in ORDER:
+        if key not in data:
+            continue
+        if previous is not None and key == "policy" and "policy" in doc:
+            continue
+        doc[key] = _render(key, data[key])
+    text = tomlkit.dumps(doc)
+    return text if text.endswith("\n") else text + "\n"

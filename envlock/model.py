@@ -1,0 +1,446 @@
+"""The lock model: frozen dataclasses, strict loading from plain data, and the JSON Schema they imply.
+
+Every string field has a grammar (a regular expression matched in full); the default grammar refuses control
+characters and bidirectional overrides, so nothing hostile survives loading. Optional fields are `None`, `""`,
+`()` or `{}` in the model and absent from the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+SCHEMA_VERSION = "1.0"
+
+# Grammars (matched in full). Kept as plain regex text so the JSON Schema can carry them too.
+SAFE_TEXT = r"[^\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]{0,1024}"
+NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?"
+CANONICAL_NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+VERSION = r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,127}"
+SHA256 = r"sha256:[0-9a-f]{64}"
+TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
+SCHEMA = r"[0-9]{1,3}\.[0-9]{1,3}"
+IDENT = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"
+ENV_NAME = r"[A-Z][A-Z0-9_]{0,127}"
+POLICY_KEY = r"[A-Za-z0-9_*+.:-]{1,256}"
+URL = r"[^\s\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]{1,2048}"
+COMMIT = r"[0-9a-f]{7,64}"
+
+Severity = Literal["error", "warn"]
+RuleKind = Literal["exact", "min", "compatible", "ignore"]
+SourceKind = Literal["index", "vcs", "url", "local", "editable", "unknown"]
+
+
+def _text(pattern: str = SAFE_TEXT) -> Any:
+    return {"pattern": pattern}
+
+
+def grammar(pattern: str, **kwargs: Any) -> Any:
+    """A dataclass field whose string value (or dict keys, or list items) must match `pattern` in full."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    metadata["pattern"] = pattern
+    return field(metadata=metadata, **kwargs)
+
+
+def keyed(pattern: str, **kwargs: Any) -> Any:
+    """A dict field whose keys must match `pattern` in full."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    metadata["key_pattern"] = pattern
+    return field(metadata=metadata, **kwargs)
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockHeader:
+    """`[lock]`: what wrote the lock and the hash of what it locks."""
+
+    schema: str = grammar(SCHEMA)
+    envlock: str = grammar(VERSION)
+    created: str = grammar(TIMESTAMP)
+    content_hash: str = grammar(SHA256)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy rule: how a field is compared and how loud a mismatch is."""
+
+    rule: RuleKind
+    severity: Severity = "error"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """`[policy]`: per-field rules, keyed by dotted path patterns (`*` stands for one segment)."""
+
+    missing_packages: Severity = "error"
+    extra_packages: Severity = "warn"
+    rules: dict[str, Rule] = keyed(POLICY_KEY, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PythonSection:
+    """`[python]`: the interpreter."""
+
+    implementation: str = grammar(IDENT)
+    version: str = grammar(VERSION)
+    abi: str = grammar(IDENT)
+    platform: str = grammar(IDENT)
+    platform_tag: str = grammar(IDENT)
+    byteorder: Literal["little", "big"] = "little"
+    pointer_bits: int = 64
+
+
+@dataclass(frozen=True)
+class Package:
+    """One installed distribution (its canonical name is the key in `[packages]`)."""
+
+    version: str = grammar(VERSION)
+    source: SourceKind = "index"
+    url: str = grammar(URL, default="")
+    commit: str = grammar(COMMIT, default="")
+    files: str = grammar(SHA256, default="")
+    hashes: tuple[str, ...] = grammar(SHA256, default=())
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable that changes numbers: set (with its value) or unset."""
+
+    set: bool
+    value: str = grammar(SAFE_TEXT, default="")
+
+
+@dataclass(frozen=True)
+class TorchFloats:
+    """PyTorch's float and determinism settings, as the process sees them."""
+
+    version: str = grammar(VERSION)
+    default_dtype: str = grammar(IDENT)
+    float32_matmul_precision: str = grammar(IDENT)
+    matmul_allow_tf32: bool = False
+    cudnn_allow_tf32: bool = True
+    matmul_allow_fp16_reduced_precision_reduction: bool = True
+    matmul_allow_bf16_reduced_precision_reduction: bool = True
+    deterministic_algorithms: bool = False
+    deterministic_algorithms_warn_only: bool = False
+    cudnn_enabled: bool = True
+    cudnn_benchmark: bool = False
+    cudnn_deterministic: bool = False
+    flush_denormal: bool = False
+    matmul_fp32_precision: str = grammar(IDENT, default="")
+    cudnn_conv_fp32_precision: str = grammar(IDENT, default="")
+    mkldnn_matmul_fp32_precision: str = grammar(IDENT, default="")
+
+
+@dataclass(frozen=True)
+class Floats:
+    """`[floats]`: float settings of the frameworks and the environment variables that move numbers."""
+
+    env: dict[str, EnvVar] = keyed(ENV_NAME, default_factory=dict)
+    torch: TorchFloats | None = None
+
+
+@dataclass(frozen=True)
+class PlatformSection:
+    """The operating system around the process."""
+
+    system: str = grammar(IDENT)
+    machine: str = grammar(IDENT)
+    kernel: str = grammar(SAFE_TEXT)
+    libc: str = grammar(SAFE_TEXT, default="")
+    distro: str = grammar(SAFE_TEXT, default="")
+    container: bool = False
+    container_kind: str = grammar(IDENT, default="")
+
+
+@dataclass(frozen=True)
+class CpuSection:
+    """The CPU: who made it, which microarchitecture archspec sees, the ISA flags that change numerics."""
+
+    vendor: str = grammar(SAFE_TEXT)
+    model: str = grammar(SAFE_TEXT)
+    microarchitecture: str = grammar(IDENT)
+    generic: str = grammar(IDENT)
+    flags: tuple[str, ...] = grammar(IDENT, default=())
+    logical_cores: int = 1
+    usable_cores: int = 1
+
+
+@dataclass(frozen=True)
+class BlasLibrary:
+    """A BLAS or OpenMP library loaded in the process (threadpoolctl's view)."""
+
+    id: str = grammar(IDENT)
+    user_api: str = grammar(IDENT)
+    internal_api: str = grammar(IDENT)
+    num_threads: int
+    version: str = grammar(SAFE_TEXT, default="")
+    architecture: str = grammar(SAFE_TEXT, default="")
+    threading_layer: str = grammar(SAFE_TEXT, default="")
+
+
+@dataclass(frozen=True)
+class BlasSection:
+    """`blas`: the loaded BLAS/OpenMP libraries, and the BLAS compiled into torch (invisible to threadpoolctl)."""
+
+    libraries: tuple[BlasLibrary, ...] = ()
+    torch_blas: str = grammar(SAFE_TEXT, default="")
+    torch_blas_version: str = grammar(SAFE_TEXT, default="")
+    torch_cpu_capability: str = grammar(IDENT, default="")
+
+
+@dataclass(frozen=True)
+class ThreadsSection:
+    """Thread counts the frameworks will use."""
+
+    torch_intraop: int = 0
+    torch_interop: int = 0
+
+
+@dataclass(frozen=True)
+class GpuSection:
+    """`gpu`: what NVIDIA driver and devices the process can see (an empty section says: none)."""
+
+    count: int = 0
+    driver: str = grammar(VERSION, default="")
+    status: str = grammar(SAFE_TEXT, default="")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One hardware target: the machine-dependent facts of a lock."""
+
+    platform: PlatformSection
+    cpu: CpuSection
+    blas: BlasSection
+    gpu: GpuSection
+    threads: ThreadsSection | None = None
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A whole lock: software sections shared, hardware sections per target."""
+
+    lock: LockHeader
+    python: PythonSection
+    floats: Floats
+    targets: dict[str, Target] = keyed(IDENT)
+    packages: dict[str, Package] = keyed(CANONICAL_NAME, default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
+
+
+# --- loading from plain data --------------------------------------------------------------------------
+
+
+class ModelError(ValueError):
+    """Plain data that does not fit the model; `where` is the dotted place."""
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+_COMPILED: dict[str, re.Pattern[str]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+        _HINTS[cls] = hints
+    return hints
+
+
+def _match(pattern: str, value: str) -> bool:
+    compiled = _COMPILED.get(pattern)
+    if compiled is None:
+        compiled = _COMPILED[pattern] = re.compile(pattern)
+    return compiled.fullmatch(value) is not None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} ({text})" if not isinstance(value, (list, dict)) else kind
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _convert(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
+    optional, tp = _is_optional(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not isinstance(value, str) or value not in choices:
+            raise ModelError(where, f"expected one of {', '.join(repr(c) for c in choices)}, got {_describe(value)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ModelError(where, f"expected a boolean, got {_describe(value)}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ModelError(where, f"expected an integer, got {_describe(value)}")
+        if not 0 <= value <= 2**53:
+            raise ModelError(where, f"integer {value} is out of range")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ModelError(where, f"expected a string, got {_describe(value)}")
+        pattern = meta.get("pattern", SAFE_TEXT)
+        if not _match(pattern, value):
+            raise ModelError(where, f"{_describe(value)} is not allowed here (must match {pattern})")
+        return value
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ModelError(where, f"expected an array, got {_describe(value)}")
+        return tuple(_convert(item_tp, item, f"{where}[{i}]", meta) for i, item in enumerate(value))
+    if origin is dict:
+        item_tp = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ModelError(where, f"expected a table, got {_describe(value)}")
+        key_pattern = meta.get("key_pattern", SAFE_TEXT)
+        out = {}
+        for key, item in value.items():
+            if not _match(key_pattern, key):
+                raise ModelError(_join(where, key), f"key {key!r} is not allowed here (must match {key_pattern})")
+            out[key] = _convert(item_tp, item, _join(where, key), {})
+        return out
+    raise TypeError(f"unsupported field type {tp!r}")  # a model bug, not user input
+
+
+def from_dict(cls: type[Any], data: Any, where: str = "") -> Any:
+    """Build `cls` from plain data, refusing unknown keys, missing keys and values outside their grammar."""
+    if not isinstance(data, dict):
+        raise ModelError(where, f"expected a table, got {_describe(data)}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ModelError(_join(where, unknown[0]), "unknown key")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ModelError(_join(where, name), "required key is missing")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], _join(where, name), dict(f.metadata))
+    return cls(**kwargs)
+
+
+def _empty(value: Any, f: dataclasses.Field[Any]) -> bool:
+    if value is None:
+        return True
+    if f.default is not dataclasses.MISSING and isinstance(value, str) and value == "" == f.default:
+        return True
+    if isinstance(value, (tuple, dict)) and not value and (
+        f.default_factory is not dataclasses.MISSING or f.default == ()
+    ):
+        return True
+    return False
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data for a model object, with empty optional fields left out."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if _empty(value, f):
+                continue
+            out[f.name] = to_dict(value)
+        return out
+    if isinstance(obj, tuple):
+        return [to_dict(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: to_dict(obj[key]) for key in sorted(obj)}
+    return obj
+
+
+# --- JSON Schema --------------------------------------------------------------------------------------
+
+
+def _schema_pattern(pattern: str) -> str:
+    # `(?![\s\S])` is a true end anchor in both ECMA-262 and Python (`$` also matches before a final newline).
+    return f"^(?:{pattern})(?![\\s\\S])"
+
+
+def _schema_for(tp: Any, meta: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    optional, tp = _is_optional(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}
+            defs[name] = _schema_of(tp, defs)  # type: ignore[arg-type]
+        return {"$ref": f"#/$defs/{name}"}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(tp))}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer", "minimum": 0, "maximum": 2**53}
+    if tp is str:
+        return {"type": "string", "pattern": _schema_pattern(meta.get("pattern", SAFE_TEXT))}
+    if origin is tuple:
+        return {"type": "array", "items": _schema_for(typing.get_args(tp)[0], meta, defs)}
+    if origin is dict:
+        return {
+            "type": "object",
+            "propertyNames": {"pattern": _schema_pattern(meta.get("key_pattern", SAFE_TEXT))},
+            "additionalProperties": _schema_for(typing.get_args(tp)[1], {}, defs),
+        }
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _schema_of(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
+    hints = _hints(cls)
+    props = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        props[f.name] = _schema_for(hints[f.name], dict(f.metadata), defs)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    out: dict[str, Any] = {"type": "object", "description": (cls.__doc__ or "").strip()}
+    out["properties"] = props
+    if required:
+        out["required"] = required
+    out["additionalProperties"] = False
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a lock, derived from the model."""
+    defs: dict[str, Any] = {}
+    root = _schema_of(Lock, defs)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://envlock.dev/schemas/envlock-lock-{SCHEMA_VERSION}.json",
+        "title": "envlock lock file",
+        **root,
+        "$defs": {name: defs[name] for name in sorted(defs)},
+    }

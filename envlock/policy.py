@@ -1,0 +1,59 @@
+"""The default policy written into new locks, and how a dotted path finds its rule."""
+
+from __future__ import annotations
+
+from envlock.model import Policy, Rule
+
+# Dotted-path pattern -> (rule, severity). `*` stands for exactly one segment; the most specific pattern wins.
+DEFAULT_RULES: dict[str, tuple[str, str]] = {
+    "python.*": ("exact", "error"),
+    "python.platform_tag": ("exact", "warn"),
+    "packages.*.version": ("exact", "error"),
+    "packages.*.files": ("exact", "error"),
+    "packages.*.source": ("exact", "warn"),
+    "packages.*.url": ("exact", "warn"),
+    "packages.*.commit": ("exact", "error"),
+    "packages.*.hashes": ("ignore", "warn"),
+    "floats.env.*": ("exact", "error"),
+    "floats.torch.*": ("exact", "error"),
+    "platform.system": ("exact", "error"),
+    "platform.machine": ("exact", "error"),
+    "platform.*": ("exact", "warn"),
+    "platform.kernel": ("ignore", "warn"),
+    "platform.container_kind": ("ignore", "warn"),
+    "cpu.*": ("exact", "warn"),
+    "cpu.logical_cores": ("ignore", "warn"),
+    "blas.*": ("exact", "error"),
+    "blas.libraries.*.*": ("exact", "error"),
+    "threads.*": ("exact", "error"),
+    "gpu.count": ("min", "error"),
+    "gpu.driver": ("min", "error"),
+    "gpu.status": ("ignore", "warn"),
+}
+
+
+def default_policy() -> Policy:
+    """The policy a fresh capture writes out, so users can read and edit it."""
+    rules = {path: Rule(rule=rule, severity=severity) for path, (rule, severity) in DEFAULT_RULES.items()}  # type: ignore[arg-type]
+    return Policy(missing_packages="error", extra_packages="warn", rules={k: rules[k] for k in sorted(rules)})
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    segments = pattern.split(".")
+    return (sum(1 for s in segments if s != "*"), len(segments))
+
+
+def _matches(pattern: str, path: str) -> bool:
+    want, have = pattern.split("."), path.split(".")
+    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have))
+
+
+def rule_for(policy: Policy, path: str) -> Rule:
+    """The rule that governs `path`: the most specific matching pattern, else exact/error."""
+    best: tuple[tuple[int, int], Rule] | None = None
+    for pattern, rule in policy.rules.items():
+        if _matches(pattern, path):
+            score = _specificity(pattern)
+            if best is None or score > best[0]:
+                best = (score, rule)
+    return best[1] if best else Rule(rule="exact", severity="error")

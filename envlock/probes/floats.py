@@ -1,0 +1,99 @@
+"""Float and determinism settings: PyTorch's flags as the process sees them, and the env vars that move numbers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any, Callable
+
+from envlock._raw import get
+from envlock.model import EnvVar, Floats, ModelError, ThreadsSection, TorchFloats
+
+#: Environment variables that change numerical results or the kernels chosen.
+NUMERIC_ENV_VARS = (
+    "CUBLAS_WORKSPACE_CONFIG",
+    "MKL_CBWR",
+    "MKL_NUM_THREADS",
+    "NVIDIA_TF32_OVERRIDE",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_NUM_THREADS",
+    "PYTHONHASHSEED",
+    "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+)
+
+# Lock field -> how to read it from torch. Missing attributes (older torch) are skipped.
+TORCH_FLAGS: dict[str, Callable[[Any], Any]] = {
+    "matmul_allow_tf32": lambda t: t.backends.cuda.matmul.allow_tf32,
+    "cudnn_allow_tf32": lambda t: t.backends.cudnn.allow_tf32,
+    "float32_matmul_precision": lambda t: t.get_float32_matmul_precision(),
+    "matmul_allow_fp16_reduced_precision_reduction":
+        lambda t: t.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+    "matmul_allow_bf16_reduced_precision_reduction":
+        lambda t: t.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+    "deterministic_algorithms": lambda t: t.are_deterministic_algorithms_enabled(),
+    "deterministic_algorithms_warn_only": lambda t: t.is_deterministic_algorithms_warn_only_enabled(),
+    "cudnn_enabled": lambda t: t.backends.cudnn.enabled,
+    "cudnn_benchmark": lambda t: t.backends.cudnn.benchmark,
+    "cudnn_deterministic": lambda t: t.backends.cudnn.deterministic,
+    "default_dtype": lambda t: str(t.get_default_dtype()).replace("torch.", ""),
+    "matmul_fp32_precision": lambda t: t.backends.cuda.matmul.fp32_precision,
+    "cudnn_conv_fp32_precision": lambda t: t.backends.cudnn.conv.fp32_precision,
+    "mkldnn_matmul_fp32_precision": lambda t: t.backends.mkldnn.matmul.fp32_precision,
+    "flush_denormal": lambda t: (t.tensor([2.0**-126], dtype=t.float32) * 0.5).item() == 0.0,
+}
+
+
+def collect_env() -> dict[str, str]:
+    """The numerics-relevant environment variables that are set, with their values."""
+    return {name: os.environ[name] for name in NUMERIC_ENV_VARS if name in os.environ}
+
+
+def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
+    """Raw torch settings of this process, or None when torch is not importable (or not loaded, if not importing)."""
+    torch = sys.modules.get("torch")
+    if torch is None and import_torch:
+        try:
+            import torch
+        except ImportError:
+            return None
+    if torch is None:
+        return None
+    raw: dict[str, Any] = {"version": str(torch.__version__)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, read in TORCH_FLAGS.items():
+            try:
+                value = read(torch)
+            except (AttributeError, RuntimeError, TypeError):
+                continue
+            raw[key] = value if isinstance(value, (bool, str)) else str(value)
+        raw["num_threads"] = torch.get_num_threads()
+        raw["num_interop_threads"] = torch.get_num_interop_threads()
+    return raw
+
+
+def parse_floats(env: Any, torch: Any) -> Floats:
+    """The `[floats]` section from raw facts: every numeric env var set or unset, and torch's flags."""
+    if not isinstance(env, dict):
+        raise ModelError("env", "expected an object")
+    variables = {}
+    for name in NUMERIC_ENV_VARS:
+        value = get(env, name, str, "env", None)
+        variables[name] = EnvVar(set=value is not None, value=value or "")
+    torch_floats = None
+    if torch is not None:
+        fields = {key: get(torch, key, (bool, str), "torch") for key in TORCH_FLAGS if key in torch}
+        torch_floats = TorchFloats(version=get(torch, "version", str, "torch"), **fields)
+    return Floats(env=variables, torch=torch_floats)
+
+
+def parse_threads(torch: Any) -> ThreadsSection | None:
+    """Thread counts torch will use, or None without torch."""
+    if torch is None:
+        return None
+    return ThreadsSection(
+        torch_intraop=get(torch, "num_threads", int, "torch"),
+        torch_interop=get(torch, "num_interop_threads", int, "torch"),
+    )

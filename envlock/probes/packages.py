@@ -1,0 +1,186 @@
+"""Installed distributions: name, version, where each came from, and a digest of its installed files.
+
+The digest is taken over the file hashes in the distribution's RECORD, leaving out what an install makes
+differently in every prefix (console scripts and other files outside site-packages, `.pyc` caches, the
+installer's own notes), so the same wheel installed into two environments gives the same digest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from envlock._raw import get
+from envlock.model import ModelError, Package
+
+# Written by the installer, not shipped in the wheel: they differ between two installs of one wheel.
+INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"})
+_CANONICAL = re.compile(r"[-_.]+")
+
+
+def canonical_name(name: str) -> str:
+    """The PEP 503 normalized form of a distribution name."""
+    return _CANONICAL.sub("-", name).lower()
+
+
+def _headers(text_head: str) -> dict[str, str]:
+    """Name and Version from the start of a METADATA / PKG-INFO file."""
+    found: dict[str, str] = {}
+    for line in text_head.splitlines():
+        if not line.strip():
+            break
+        key, sep, value = line.partition(":")
+        if sep and key in ("Name", "Version") and key not in found:
+            found[key] = value.strip()
+    return found
+
+
+def _read_head(path: str, limit: int = 65536) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read(limit)
+
+
+def record_digest(record_text: str, dist_info: str) -> str:
+    """sha256 over the sorted `path hash` lines of a RECORD, prefix-dependent entries left out."""
+    lines = []
+    for row in csv.reader(io.StringIO(record_text)):
+        if len(row) < 2 or not row[1]:
+            continue
+        path = row[0].replace("\\", "/")
+        if path.startswith(("../", "/")) or re.match(r"^[A-Za-z]:", path):
+            continue
+        if path.endswith((".pyc", ".pyo")) or "/__pycache__/" in f"/{path}":
+            continue
+        top, _, leaf = path.partition("/")
+        if top == dist_info and leaf in INSTALLER_FILES:
+            continue
+        if path.startswith("__editable__"):
+            continue
+        lines.append(f"{path} {row[1]}\n")
+    lines.sort()
+    return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def search_path(path: Iterable[str] | None = None) -> list[str]:
+    """The folders to look for distributions in: sys.path, less the working folder Python adds for scripts."""
+    entries = list(sys.path if path is None else path)
+    cwd = os.getcwd()
+    explicit = set(os.environ.get("PYTHONPATH", "").split(os.pathsep)) - {""}
+    out = []
+    for entry in entries:
+        if entry in ("", ".") or (os.path.abspath(entry) == cwd and entry not in explicit):
+            continue
+        if entry not in out and os.path.isdir(entry):
+            out.append(entry)
+    return out
+
+
+def iter_dist_dirs(folders: Iterable[str]) -> Iterable[tuple[str, str]]:
+    """(folder, entry) for every .dist-info / .egg-info entry, in search order."""
+    for folder in folders:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info")):
+                yield folder, name
+
+
+def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True) -> list[dict[str, Any]]:
+    """Raw facts for every distribution visible on `path` (sys.path by default); the first of a name wins."""
+    seen: set[str] = set()
+    out = []
+    for folder, entry in iter_dist_dirs(search_path(path)):
+        full = os.path.join(folder, entry)
+        is_dir = os.path.isdir(full)
+        meta_file = os.path.join(full, "METADATA" if entry.endswith(".dist-info") else "PKG-INFO") if is_dir else full
+        try:
+            headers = _headers(_read_head(meta_file))
+        except OSError:
+            continue
+        name, version = headers.get("Name"), headers.get("Version")
+        if not name or not version:
+            continue
+        key = canonical_name(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        fact: dict[str, Any] = {"name": name, "version": version, "location": folder, "metadata_dir": entry}
+        if is_dir:
+            try:
+                with open(os.path.join(full, "direct_url.json"), encoding="utf-8") as handle:
+                    fact["direct_url"] = json.load(handle)
+            except (OSError, ValueError):
+                pass
+            if digests and entry.endswith(".dist-info"):
+                try:
+                    with open(os.path.join(full, "RECORD"), encoding="utf-8", errors="replace") as handle:
+                        fact["files"] = record_digest(handle.read(), entry)
+                except OSError:
+                    pass
+        out.append(fact)
+    return out
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def parse_source(direct_url: Any, where: str) -> dict[str, str]:
+    """Where a distribution came from, per its `direct_url.json` (PEP 610); none means a package index."""
+    if direct_url is None:
+        return {"source": "index"}
+    if not isinstance(direct_url, dict):
+        raise ModelError(where, "expected an object")
+    url = _strip_credentials(get(direct_url, "url", str, where, ""))
+    if "vcs_info" in direct_url:
+        vcs = get(direct_url, "vcs_info", dict, where)
+        out = {"source": "vcs", "url": url}
+        commit = get(vcs, "commit_id", str, f"{where}.vcs_info", "")
+        if commit:
+            out["commit"] = commit.lower()
+        return out
+    if "dir_info" in direct_url:
+        info = get(direct_url, "dir_info", dict, where)
+        editable = get(info, "editable", bool, f"{where}.dir_info", False)
+        return {"source": "editable" if editable else "local", "url": url}
+    if url.startswith("file:"):
+        return {"source": "local", "url": url}
+    return {"source": "url", "url": url}
+
+
+def parse_packages(raw: Any) -> dict[str, Package]:
+    """The `[packages]` section from raw facts, keyed by canonical name."""
+    if not isinstance(raw, list):
+        raise ModelError("packages", "expected a list")
+    out: dict[str, Package] = {}
+    for i, item in enumerate(raw):
+        where = f"packages[{i}]"
+        name = get(item, "name", str, where)
+        source = parse_source(item.get("direct_url"), f"{where}.direct_url")
+        key = canonical_name(name)
+        if key in out:
+            continue
+        out[key] = Package(
+            version=get(item, "version", str, where),
+            source=source["source"],  # type: ignore[arg-type]
+            url=source.get("url", ""),
+            commit=source.get("commit", ""),
+            files=get(item, "files", str, where, ""),
+            hashes=tuple(get(item, "hashes", list, where, ())),
+        )
+    return {key: out[key] for key in sorted(out)}
