@@ -111,9 +111,9 @@ def capture(
     force: bool = False,
 ) -> CaptureResult:
     """Capture this machine (or the given facts) into a lock at `output`, keeping an old lock's policy and comments."""
+    from envlock.atomic import write_atomic
     from envlock.facts import collect_facts
     from envlock.lockfile import dumps
-    from envlock.atomic import write_atomic
 
     path = Path(output)
     previous, policy = (None, None) if force else _previous(path)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 
@@ -62,7 +63,7 @@ def _root(
 @handled
 def capture(
     output: Path = typer.Option(Path("envlock.lock"), "-o", "--output", help="Where to write the lock."),
-    facts: Optional[Path] = typer.Option(
+    facts: Path | None = typer.Option(
         None, "--facts", help="Build the lock from an `envlock facts` dump instead of this machine."
     ),
     no_torch: bool = typer.Option(False, "--no-torch", help="Do not import torch (its settings are not locked)."),
@@ -85,7 +86,7 @@ def capture(
 @app.command()
 @handled
 def facts(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to FILE instead of stdout."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write to FILE instead of stdout."),
     no_torch: bool = typer.Option(False, "--no-torch", help="Do not import torch."),
 ) -> None:
     """Print the raw facts the collectors see, as JSON (for fixtures, or to lock a machine you are not on)."""
@@ -102,7 +103,9 @@ def facts(
 
 @app.command()
 @handled
-def show(lock: Optional[Path] = typer.Argument(None, help="The lock (default ./envlock.lock, then $ENVLOCK_LOCK).")) -> None:
+def show(
+    lock: Path | None = typer.Argument(None, help="The lock (default ./envlock.lock, then $ENVLOCK_LOCK)."),
+) -> None:
     """Check a lock and print a readable summary of it."""
     from envlock.lockfile import default_lock_path, load
     from envlock.show import render_summary

@@ -35,10 +35,6 @@ RuleKind = Literal["exact", "min", "compatible", "ignore"]
 SourceKind = Literal["index", "vcs", "url", "local", "editable", "unknown"]
 
 
-def _text(pattern: str = SAFE_TEXT) -> Any:
-    return {"pattern": pattern}
-
-
 def grammar(pattern: str, **kwargs: Any) -> Any:
     """A dataclass field whose string value (or dict keys, or list items) must match `pattern` in full."""
     metadata = dict(kwargs.pop("metadata", {}))
@@ -176,10 +172,10 @@ class CpuSection:
 class BlasLibrary:
     """A BLAS or OpenMP library loaded in the process (threadpoolctl's view)."""
 
-    id: str = grammar(IDENT)
-    user_api: str = grammar(IDENT)
-    internal_api: str = grammar(IDENT)
-    num_threads: int
+    id: str = field(metadata={"pattern": IDENT})
+    user_api: str = field(metadata={"pattern": IDENT})
+    internal_api: str = field(metadata={"pattern": IDENT})
+    num_threads: int = field()
     version: str = grammar(SAFE_TEXT, default="")
     architecture: str = grammar(SAFE_TEXT, default="")
     threading_layer: str = grammar(SAFE_TEXT, default="")
@@ -288,7 +284,7 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
 
 
 def _convert(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
-    optional, tp = _is_optional(tp)
+    _optional, tp = _is_optional(tp)
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)  # type: ignore[arg-type]
@@ -390,10 +386,10 @@ def _schema_pattern(pattern: str) -> str:
 
 
 def _schema_for(tp: Any, meta: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    optional, tp = _is_optional(tp)
+    _optional, tp = _is_optional(tp)
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        name = tp.__name__
+        name = getattr(tp, "__name__", str(tp))
         if name not in defs:
             defs[name] = {}
             defs[name] = _schema_of(tp, defs)  # type: ignore[arg-type]

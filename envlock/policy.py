@@ -45,7 +45,7 @@ def _specificity(pattern: str) -> tuple[int, int]:
 
 def _matches(pattern: str, path: str) -> bool:
     want, have = pattern.split("."), path.split(".")
-    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have))
+    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=False))
 
 
 def rule_for(policy: Policy, path: str) -> Rule:

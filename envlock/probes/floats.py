@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from envlock._raw import get
 from envlock.model import EnvVar, Floats, ModelError, ThreadsSection, TorchFloats

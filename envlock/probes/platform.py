@@ -59,7 +59,7 @@ def parse_container(raw: dict[str, Any]) -> str:
         return "podman"
     if get(raw, "kubernetes", bool, "platform", False):
         return "kubernetes"
-    env = get(raw, "container_env", str, "platform", "")
+    env: str = get(raw, "container_env", str, "platform", "")
     if env:
         return env
     cgroup = get(raw, "cgroup", str, "platform", "")

@@ -31,7 +31,7 @@ def collect_python() -> dict[str, Any]:
 def parse_python(raw: Any) -> PythonSection:
     """The `[python]` section from raw facts."""
     tag = get(raw, "tag", str, "python")
-    interpreter, abi, plat = (tag.split("-", 2) + ["", ""])[:3]
+    interpreter, abi, plat = ([*tag.split("-", 2), "", ""])[:3]
     return PythonSection(
         implementation=get(raw, "implementation", str, "python"),
         version=get(raw, "version", str, "python"),

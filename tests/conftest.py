@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from envlock.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+SHARED = ROOT.parent / "shared"
+
+
+class Cli:
+    """Runs envlock in-process, the way a user would type it."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        return self.runner.invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+@pytest.fixture(scope="session")
+def _machine_facts() -> dict[str, Any]:
+    from envlock.facts import collect_facts
+
+    return collect_facts()
+
+
+@pytest.fixture
+def machine_facts(_machine_facts: dict[str, Any]) -> dict[str, Any]:
+    """This machine's raw facts (collected once per session; each test gets its own copy)."""
+    return copy.deepcopy(_machine_facts)
+
+
+@pytest.fixture(autouse=True)
+def _clean_numeric_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start from the environment the suite was launched with, minus a lock chosen by env var."""
+    monkeypatch.delenv("ENVLOCK_LOCK", raising=False)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+def pytest_report_header() -> list[str]:
+    return [f"envlock tests: shared/ {'found' if SHARED.is_dir() else 'absent'} at {SHARED}",
+            f"cpu count: {os.cpu_count()}"]
