@@ -11,6 +11,7 @@ from envlock._version import __version__
 from envlock.errors import EnvironmentUnavailable, EnvlockError, FactsError, LockError, UsageError
 
 __all__ = [
+    "EnvMismatchError",
     "EnvironmentUnavailable",
     "EnvlockError",
     "FactsError",
@@ -18,6 +19,8 @@ __all__ = [
     "UsageError",
     "__version__",
     "capture",
+    "check",
+    "verify",
 ]
 
 
@@ -26,3 +29,28 @@ def capture(output: str = "envlock.lock", **kwargs: Any) -> Any:
     from envlock.capture import capture as _capture
 
     return _capture(output, **kwargs)
+
+
+def verify(path: str | None = None, **kwargs: Any) -> Any:
+    """Compare this process with the lock (default ./envlock.lock, then $ENVLOCK_LOCK); returns a Report.
+
+    Call it inside a job after its own setup: flags set in code (TF32, thread counts) are seen as they are now.
+    """
+    from envlock.verify import verify as _verify
+
+    return _verify(path, **kwargs)
+
+
+def check(path: str | None = None, **kwargs: Any) -> Any:
+    """Like verify(), but raise EnvMismatchError (carrying the report) when an error-severity mismatch is found."""
+    from envlock.verify import check as _check
+
+    return _check(path, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EnvMismatchError":
+        from envlock.verify import EnvMismatchError
+
+        return EnvMismatchError
+    raise AttributeError(f"module 'envlock' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from envlock.cli import main
+from envlock.entry import main
 
 main()

@@ -118,6 +118,75 @@ def show(
         typer.echo(line)
 
 
+@app.command()
+@handled
+def verify(
+    lock: Path | None = typer.Argument(None, help="The lock (default ./envlock.lock, then $ENVLOCK_LOCK)."),
+    fast: bool = typer.Option(False, "--fast", help="Skip what needs torch or numpy imported (job-start mode)."),
+    deep: bool = typer.Option(False, "--deep", help="Re-hash every installed file and name the modified ones."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON and nothing else on stdout."),
+    facts: Path | None = typer.Option(None, "--facts", help="Verify a recorded machine (`envlock facts` dump)."),
+    ignore: list[str] = typer.Option([], "--ignore", help="Ignore this dotted path (pattern); repeatable."),
+    warn: list[str] = typer.Option([], "--warn", help="Only warn for this dotted path (pattern); repeatable."),
+    target: str | None = typer.Option(None, "--target", help="Compare with this target of the lock."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing when everything matches."),
+) -> None:
+    """Check this machine and process against the lock; exit 1 on an error-severity mismatch."""
+    import argparse
+
+    from envlock.entry import run_verify
+
+    options = argparse.Namespace(lock=lock, fast=fast, deep=deep, as_json=as_json, facts=facts, ignore=ignore,
+                                 warn=warn, target=target, quiet=quiet)
+    raise typer.Exit(run_verify(options))
+
+
+@app.command()
+@handled
+def diff(
+    lock_a: Path = typer.Argument(..., help="The lock taken as expected."),
+    lock_b: Path = typer.Argument(..., help="The lock compared with it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Compare two locks; exit 1 when they differ in an error-severity field under A's policy."""
+    from envlock.entry import emit_report
+    from envlock.verify import diff as run_diff
+
+    report = run_diff(lock_a, lock_b)
+    emit_report(report, as_json=as_json, quiet=False, title="diff")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@handled
+def run(
+    command: list[str] = typer.Argument(..., help="The job to start, after `--`."),
+    lock: Path | None = typer.Option(None, "--lock", help="The lock (default ./envlock.lock, then $ENVLOCK_LOCK)."),
+    fast: bool = typer.Option(False, "--fast", help="Verify without importing torch or numpy."),
+) -> None:
+    """Apply the lock's numerics env vars, verify, then replace this process with the job.
+
+    On a mismatch the job is not started, unless ENVLOCK_VERIFY=warn (report, then start) or off (no check).
+    """
+    from envlock.report import render_text
+    from envlock.runner import apply_lock_env, exec_job, verify_mode
+    from envlock.verify import verify as run_verify
+
+    mode = verify_mode()
+    path = apply_lock_env(lock)
+    if mode != "off":
+        report = run_verify(path, fast=fast)
+        if not report.ok or report.warnings:
+            for line in render_text(report, title="run"):
+                typer.echo(line, err=True)
+        if not report.ok and mode == "strict":
+            _err("the job was not started (set ENVLOCK_VERIFY=warn to start it anyway)")
+            raise typer.Exit(1)
+    exec_job(command)
+
+
 def main() -> None:
-    """Console entry point."""
-    app(prog_name="envlock")
+    """Console entry point (see envlock.entry, which keeps `verify` off typer)."""
+    from envlock.entry import main as entry_main
+
+    entry_main()

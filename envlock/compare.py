@@ -1,0 +1,258 @@
+"""compare(expected, actual, policy) -> findings. Pure: two locks in, a list of mismatches out.
+
+Both sides are flattened to dotted paths (`packages.numpy.version`, `floats.env.OMP_NUM_THREADS`,
+`blas.libraries.numpy-openblas.architecture`); the policy decides, per path, how values are compared and how
+loud a difference is; `envlock.hints` explains each difference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from envlock.model import Lock, Policy, Rule, Target, to_dict
+from envlock.policy import rule_for
+
+UNSET = "(unset)"
+ABSENT = "(absent)"
+
+#: Sections a caller may leave out of the comparison (`--fast` leaves out those that need torch or numpy).
+SECTIONS = ("python", "packages", "floats.env", "floats.torch", "platform", "cpu", "blas", "threads", "gpu")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One mismatch: where, what the lock says, what was found, how loud, and the likely cause."""
+
+    path: str
+    expected: str
+    actual: str
+    severity: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain data for JSON output."""
+        return {"path": self.path, "expected": self.expected, "actual": self.actual,
+                "severity": self.severity, "hint": self.hint}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The findings of one comparison, and the sections it did not look at."""
+
+    findings: tuple[Finding, ...]
+    skipped: tuple[str, ...] = ()
+    target: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.severity == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.severity == "warn")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ABSENT
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _flatten(prefix: str, data: Any, out: dict[str, Any]) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, value, out)
+    else:
+        out[prefix] = data
+
+
+def flatten_software(lock: Lock) -> dict[str, Any]:
+    """Dotted path -> value for the software sections (python, floats), env vars as value-or-unset."""
+    out: dict[str, Any] = {}
+    _flatten("python", to_dict(lock.python), out)
+    for name, var in lock.floats.env.items():
+        out[f"floats.env.{name}"] = var.value if var.set else UNSET
+    if lock.floats.torch is not None:
+        _flatten("floats.torch", to_dict(lock.floats.torch), out)
+    return out
+
+
+def flatten_target(target: Target) -> dict[str, Any]:
+    """Dotted path -> value for one hardware target; BLAS libraries keyed by their id."""
+    out: dict[str, Any] = {}
+    data = to_dict(target)
+    blas = data.get("blas", {})
+    libraries = blas.pop("libraries", [])
+    for section, values in data.items():
+        _flatten(section, values, out)
+    for lib in libraries:
+        lib_id = lib.pop("id")
+        out[f"blas.libraries.{lib_id}"] = "loaded"
+        for key, value in lib.items():
+            out[f"blas.libraries.{lib_id}.{key}"] = value
+    return out
+
+
+def _version_key(text: str) -> Any:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (0, Version(text))
+    except InvalidVersion:
+        return (1, tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+-]", text)))
+
+
+def _major_minor(value: Any) -> list[str]:
+    return str(value).split("+")[0].split(".")[:2]
+
+
+def satisfies(rule: Rule, expected: Any, actual: Any) -> bool:
+    """Whether `actual` passes `rule` against `expected`."""
+    if rule.rule == "ignore":
+        return True
+    if rule.rule == "exact" or expected is None or actual is None:
+        return bool(expected == actual)
+    if isinstance(expected, (list, tuple)) or isinstance(actual, (list, tuple)):
+        return bool(expected == actual)
+    if rule.rule == "min":
+        if isinstance(expected, int) and isinstance(actual, int) and not isinstance(expected, bool):
+            return actual >= expected
+        try:
+            return bool(_version_key(str(actual)) >= _version_key(str(expected)))
+        except TypeError:
+            return False
+    if rule.rule == "compatible":
+        return _major_minor(expected) == _major_minor(actual) and satisfies(Rule(rule="min"), expected, actual)
+    return bool(expected == actual)
+
+
+def _skipped(path: str, skip: Iterable[str]) -> bool:
+    return any(path == s or path.startswith(s + ".") for s in skip)
+
+
+def compare_values(
+    expected: dict[str, Any], actual: dict[str, Any], policy: Policy, skip: Iterable[str] = ()
+) -> list[tuple[str, Any, Any, Rule]]:
+    """(path, expected, actual, rule) for every path whose values break its rule."""
+    skip = tuple(skip)
+    out = []
+    for path in sorted(set(expected) | set(actual)):
+        if _skipped(path, skip):
+            continue
+        want, have = expected.get(path), actual.get(path)
+        rule = rule_for(policy, path)
+        if not satisfies(rule, want, have):
+            out.append((path, want, have, rule))
+    return out
+
+
+def compare_packages(expected: Lock, actual: Lock, policy: Policy) -> list[tuple[str, Any, Any, Rule]]:
+    """Package mismatches: missing, extra, and field by field for the packages on both sides."""
+    out: list[tuple[str, Any, Any, Rule]] = []
+    for name in sorted(set(expected.packages) | set(actual.packages)):
+        want, have = expected.packages.get(name), actual.packages.get(name)
+        if want is not None and have is None:
+            out.append((f"packages.{name}", want.version, None, Rule(rule="exact", severity=policy.missing_packages)))
+            continue
+        if want is None and have is not None:
+            out.append((f"packages.{name}", None, have.version, Rule(rule="exact", severity=policy.extra_packages)))
+            continue
+        flat_want: dict[str, Any] = {}
+        flat_have: dict[str, Any] = {}
+        _flatten(f"packages.{name}", to_dict(want), flat_want)
+        _flatten(f"packages.{name}", to_dict(have), flat_have)
+        mismatches = compare_values(flat_want, flat_have, policy)
+        version_moved = any(path.endswith(".version") for path, *_ in mismatches)
+        for path, w, h, rule in mismatches:
+            # Another version has other files: say it once, as the version.
+            if version_moved and path.endswith(".files"):
+                continue
+            out.append((path, w, h, rule))
+    return out
+
+
+def compare_locks(
+    expected: Lock,
+    actual: Lock,
+    *,
+    policy: Policy | None = None,
+    skip: Iterable[str] = (),
+    target: str | None = None,
+) -> Comparison:
+    """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy."""
+    from envlock.hints import hint_for
+
+    policy = policy or expected.policy
+    skip = tuple(skip)
+    raw: list[tuple[str, Any, Any, Rule]] = []
+    want_soft, have_soft = flatten_software(expected), flatten_software(actual)
+    if "packages" not in skip:
+        raw.extend(compare_packages(expected, actual, policy))
+    raw.extend(compare_values(want_soft, have_soft, policy, skip))
+    if "floats.torch" not in skip and (expected.floats.torch is None) != (actual.floats.torch is None):
+        raw = [r for r in raw if not r[0].startswith("floats.torch.")]
+        raw.append(("floats.torch", _torch_label(expected), _torch_label(actual), rule_for(policy, "floats.torch")))
+
+    name, notes = choose_target(expected, actual, policy, skip, target)
+    want_hw = flatten_target(expected.targets[name])
+    have_hw = flatten_target(next(iter(actual.targets.values())))
+    raw.extend(compare_values(want_hw, have_hw, policy, skip))
+
+    versions = {f"packages.{n}.version": p.version for n, p in expected.packages.items()}
+    context = {**want_soft, **want_hw, **versions}, {**have_soft, **have_hw}
+    findings = tuple(
+        Finding(path=path, expected=_describe(path, w, True), actual=_describe(path, h, False),
+                severity=rule.severity, hint=hint_for(path, w, h, rule, context))
+        for path, w, h, rule in raw
+        if rule.rule != "ignore"
+    )
+    ordered = tuple(sorted(findings, key=lambda f: (f.severity != "error", f.path)))
+    return Comparison(findings=ordered, skipped=skip, target=name, notes=tuple(notes))
+
+
+def _torch_label(lock: Lock) -> str:
+    return f"torch {lock.floats.torch.version}" if lock.floats.torch is not None else "torch not importable"
+
+
+def _describe(path: str, value: Any, expected: bool) -> str:
+    if value is None:
+        if path.startswith("packages.") and path.count(".") == 1:
+            return "not installed"
+        if path.startswith("blas.libraries.") and path.count(".") == 2:
+            return "not loaded"
+        return ABSENT
+    return _text(value)
+
+
+def choose_target(
+    expected: Lock, actual: Lock, policy: Policy, skip: tuple[str, ...], wanted: str | None
+) -> tuple[str, list[str]]:
+    """The lock's target this machine should be compared with: the one named, else the closest match."""
+    from envlock.errors import UsageError
+
+    if wanted is not None:
+        if wanted not in expected.targets:
+            raise UsageError(f"no target {wanted!r} in the lock (it has: {', '.join(sorted(expected.targets))})")
+        return wanted, []
+    if len(expected.targets) == 1:
+        return next(iter(expected.targets)), []
+    have = flatten_target(next(iter(actual.targets.values())))
+    scored = []
+    for name, target in sorted(expected.targets.items()):
+        mismatches = compare_values(flatten_target(target), have, policy, skip)
+        errors = sum(1 for *_, rule in mismatches if rule.severity == "error" and rule.rule != "ignore")
+        scored.append((errors, len(mismatches), name))
+    scored.sort()
+    best = scored[0]
+    note = f"matched target {best[2]}" if best[0] == 0 else (
+        f"no target matches this machine; nearest is {best[2]} ({best[0]} errors)"
+    )
+    return best[2], [note]

@@ -1,0 +1,159 @@
+"""Hints: for each mismatch, the likely cause and the fix, in words a tired engineer reads at a glance."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from envlock.model import Rule
+
+UNSET = "(unset)"
+
+# floats.torch.<flag> -> the line of code that sets it back (`{value}` is the locked value).
+TORCH_SETTERS = {
+    "matmul_allow_tf32": ("TF32 for cuBLAS fp32 matmul", "torch.backends.cuda.matmul.allow_tf32 = {value}"),
+    "cudnn_allow_tf32": ("TF32 for cuDNN convolutions", "torch.backends.cudnn.allow_tf32 = {value}"),
+    "float32_matmul_precision": ("float32 matmul precision", "torch.set_float32_matmul_precision({value!r})"),
+    "matmul_allow_fp16_reduced_precision_reduction": (
+        "fp16 reduced-precision reductions",
+        "torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = {value}",
+    ),
+    "matmul_allow_bf16_reduced_precision_reduction": (
+        "bf16 reduced-precision reductions",
+        "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = {value}",
+    ),
+    "deterministic_algorithms": ("deterministic algorithms", "torch.use_deterministic_algorithms({value})"),
+    "deterministic_algorithms_warn_only": (
+        "warn-only deterministic mode", "torch.use_deterministic_algorithms(True, warn_only={value})"
+    ),
+    "cudnn_enabled": ("cuDNN", "torch.backends.cudnn.enabled = {value}"),
+    "cudnn_benchmark": ("cuDNN benchmark (autotuning)", "torch.backends.cudnn.benchmark = {value}"),
+    "cudnn_deterministic": ("cuDNN deterministic mode", "torch.backends.cudnn.deterministic = {value}"),
+    "flush_denormal": ("flush-denormal (FTZ/DAZ)", "torch.set_flush_denormal({value})"),
+    "default_dtype": ("the default dtype", "torch.set_default_dtype(torch.{value})"),
+    "matmul_fp32_precision": ("cuBLAS fp32 precision", "torch.backends.cuda.matmul.fp32_precision = {value!r}"),
+    "cudnn_conv_fp32_precision": ("cuDNN conv fp32 precision", "torch.backends.cudnn.conv.fp32_precision = {value!r}"),
+    "mkldnn_matmul_fp32_precision": (
+        "oneDNN fp32 matmul precision", "torch.backends.mkldnn.matmul.fp32_precision = {value!r}"
+    ),
+}
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "absent"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _pylit(value: Any) -> Any:
+    return value if not isinstance(value, str) or value not in ("true", "false") else value == "true"
+
+
+def _env_changes(want: dict[str, Any], have: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    out = []
+    for name in names:
+        key = f"floats.env.{name}"
+        if key in want and want.get(key) != have.get(key):
+            out.append(f"{name} is {_env_state(have.get(key))} (was {_env_state(want.get(key))})")
+    return out
+
+
+def _env_state(value: Any) -> str:
+    return "unset" if value in (None, UNSET) else f"{value!s}"
+
+
+def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: tuple[dict[str, Any], dict[str, Any]]) -> str:
+    """The likely cause of one mismatch and how to fix it."""
+    want, have = context
+    parts = path.split(".")
+    if parts[0] == "packages":
+        return _package_hint(parts, expected, actual, str(want.get(f"packages.{parts[1]}.version", "VERSION")))
+    if path.startswith("floats.env."):
+        name = parts[2]
+        if expected == UNSET:
+            return f"{name} was unset at capture and is {actual} now: unset it, or re-capture if this is intended"
+        if actual == UNSET:
+            return f"{name} was {expected} at capture and is unset now: export {name}={expected}, or re-capture"
+        return f"{name} was {expected} at capture and is {actual} now: export {name}={expected}, or re-capture"
+    if path == "floats.torch":
+        return "torch is in the lock but not importable here" if actual is None else (
+            "torch is importable here but was not at capture")
+    if path.startswith("floats.torch."):
+        flag = parts[2]
+        if flag == "version":
+            return "another torch build than the one captured: install the locked torch (see packages.torch)"
+        label, setter = TORCH_SETTERS.get(flag, (flag, ""))
+        text = f"{label} was {_show(_pylit(expected))} at capture and is {_show(_pylit(actual))} now"
+        if flag == "matmul_allow_tf32" and have.get("floats.env.TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") not in (None, UNSET):
+            text += " (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE is set)"
+        return f"{text}: set `{setter.format(value=_pylit(expected))}` in the job, or re-capture" if setter else text
+    if parts[0] == "threads":
+        causes = _env_changes(want, have, ("OMP_NUM_THREADS",))
+        why = f" ({'; '.join(causes)})" if causes else " (torch.set_num_threads in code, or another core count)"
+        return (f"torch {'intra' if parts[1] == 'torch_intraop' else 'inter'}-op threads changed "
+                f"{expected} → {actual}{why}: reductions split per thread, so sums change bits")
+    if parts[0] == "blas":
+        return _blas_hint(parts, expected, actual, want, have)
+    if parts[0] == "python":
+        return (f"another Python ({parts[1]} {actual}, locked {expected}): run the job with the locked interpreter, "
+                "or re-capture in this one")
+    if parts[0] == "cpu":
+        return (f"another CPU ({parts[1]} {_show(actual)} vs {_show(expected)}): BLAS and ATen may pick other "
+                "kernels; if this machine is meant to run the job, add it as a target")
+    if parts[0] == "platform":
+        return f"another operating system setup ({parts[1]}): {_show(expected)} at capture, {_show(actual)} now"
+    if parts[0] == "gpu":
+        if parts[1] == "count":
+            return f"the lock needs {expected} GPU(s) and {actual} are visible (CUDA_VISIBLE_DEVICES? a CPU node?)"
+        if parts[1] == "driver":
+            return f"NVIDIA driver {_show(actual)} is older than the locked {expected}: upgrade the driver"
+    if rule.rule == "min":
+        return f"needs at least {expected}, found {_show(actual)}"
+    return ""
+
+
+def _package_hint(parts: list[str], expected: Any, actual: Any, version: str) -> str:
+    name = parts[1]
+    if len(parts) == 2:
+        if actual is None:
+            return f"{name} is in the lock but not installed: pip install {name}=={expected}"
+        return f"{name} {actual} is installed but not in the lock: pip uninstall {name}, or re-capture to lock it"
+    field = parts[2]
+    if field == "version":
+        return (f"{name} is {actual} here, {expected} in the lock: pip install {name}=={expected}, "
+                "or re-capture if the change is intended")
+    if field == "files":
+        return (f"the installed files of {name} differ from the locked build (a local edit, or another build "
+                f"of the same version): run `envlock verify --deep` to name the files; "
+                f"pip install --force-reinstall --no-deps {name}=={version} restores it")
+    if field in ("source", "url", "commit"):
+        return f"{name} was installed from somewhere else ({field}: {_show(expected)} → {_show(actual)})"
+    return ""
+
+
+def _blas_hint(parts: list[str], expected: Any, actual: Any, want: dict[str, Any], have: dict[str, Any]) -> str:
+    if len(parts) == 3 and parts[1] == "libraries":
+        lib = parts[2]
+        return (f"BLAS/OpenMP library {lib} was loaded at capture and is not now" if actual is None
+                else f"BLAS/OpenMP library {lib} is loaded now and was not at capture")
+    field = parts[-1]
+    if field == "architecture":
+        causes = _env_changes(want, have, ("OPENBLAS_CORETYPE",))
+        why = causes[0] if causes else "another CPU, or another BLAS build"
+        return f"BLAS kernel changed {expected} → {actual} ({why}): matmul results change bits"
+    if field == "num_threads":
+        causes = _env_changes(want, have, THREAD_VARS)
+        why = "; ".join(causes) if causes else "threadpoolctl limits in code, or another core count"
+        return f"BLAS thread count changed {expected} → {actual} ({why}): results split per thread change bits"
+    if field == "version":
+        return f"another BLAS version ({expected} → {actual}): reinstall the locked package that ships it"
+    if field == "torch_cpu_capability":
+        return (f"ATen picks {actual} kernels here, {expected} at capture (ATEN_CPU_CAPABILITY, or another CPU): "
+                "vectorised reductions change bits")
+    if field in ("torch_blas", "torch_blas_version", "internal_api", "threading_layer", "user_api"):
+        return f"another BLAS ({field}: {expected} → {actual}): a different build of numpy or torch"
+    return re.sub(r"\s+", " ", f"{'.'.join(parts)} changed")

@@ -1,0 +1,49 @@
+"""`envlock run`: make the job's environment match the lock, then become the job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from envlock.errors import UsageError
+
+MODES = ("strict", "warn", "off")
+
+
+def verify_mode() -> str:
+    """ENVLOCK_VERIFY: strict (default: refuse to start on a mismatch), warn, or off."""
+    mode = os.environ.get("ENVLOCK_VERIFY", "strict").strip().lower() or "strict"
+    if mode not in MODES:
+        raise UsageError(f"ENVLOCK_VERIFY={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def apply_lock_env(lock: Path | None) -> Path:
+    """Set (or unset) in os.environ each numerics env var as the lock recorded it; return the lock's path."""
+    from envlock.lockfile import default_lock_path, load
+
+    path = lock or default_lock_path()
+    loaded, _ = load(path)
+    for name, var in loaded.floats.env.items():
+        if var.set:
+            os.environ[name] = var.value
+        else:
+            os.environ.pop(name, None)
+    return path
+
+
+def exec_job(command: list[str]) -> None:
+    """Replace this process with `command` (its signals and exit code are the job's)."""
+    if not command:
+        raise UsageError("no command to run: envlock run [--lock LOCK] -- CMD ...")
+    program = shutil.which(command[0]) or command[0]
+    if os.sep not in program and not Path(program).exists():
+        raise UsageError(f"{command[0]}: command not found")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(program, command)
+    except OSError as exc:
+        raise UsageError(f"{command[0]}: cannot run: {exc.strerror}") from None

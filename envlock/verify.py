@@ -1,0 +1,274 @@
+"""`envlock verify`: the facts found now, compared with the lock under its policy, as a Report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envlock.compare import Comparison, Finding, compare_locks
+from envlock.errors import EnvlockError, FactsError, LockError, UsageError
+from envlock.model import Lock, ModelError, Policy, Rule, from_dict
+
+#: Sections that need torch or numpy imported; `--fast` does not look at them.
+SLOW_SECTIONS = ("floats.torch", "threads", "blas")
+
+
+class EnvMismatchError(EnvlockError):
+    """Raised by `envlock.check()` when the environment does not match the lock; carries the report."""
+
+    exit_code = 1
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        errors = [f for f in report.findings if f.severity == "error"]
+        listed = "; ".join(f"{f.path}: expected {f.expected}, found {f.actual}" for f in errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"environment does not match {report.lock}: {listed}{more}")
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of a verify: ok unless an error-severity finding was made."""
+
+    lock: str
+    target: str
+    findings: tuple[Finding, ...]
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warn"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for `--json`."""
+        return {
+            "ok": self.ok,
+            "lock": self.lock,
+            "target": self.target,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.to_dict() for f in self.findings],
+            "skipped": list(self.skipped),
+            "notes": list(self.notes),
+        }
+
+
+def collect_current(*, fast: bool, packages_path: Iterable[str] | None = None) -> dict[str, Any]:
+    """Facts for a verify: `fast` imports nothing heavy and reads BLAS/torch only if the process already loaded them."""
+    from envlock.facts import FACTS_FORMAT
+    from envlock.probes.blas import collect_blas, load_numeric_modules
+    from envlock.probes.cpu import collect_cpu
+    from envlock.probes.floats import collect_env, collect_torch
+    from envlock.probes.gpu import collect_gpu
+    from envlock.probes.packages import collect_packages
+    from envlock.probes.platform import collect_platform
+    from envlock.probes.python import collect_python
+
+    if not fast:
+        load_numeric_modules()
+    facts: dict[str, Any] = {
+        "envlock_facts": FACTS_FORMAT,
+        "python": collect_python(),
+        "packages": collect_packages(packages_path),
+        "platform": collect_platform(),
+        "cpu": collect_cpu(),
+        "env": collect_env(),
+        "gpu": collect_gpu(),
+    }
+    if not fast or "numpy" in sys.modules or "torch" in sys.modules:
+        facts["blas"] = collect_blas(import_modules=False)
+    torch = collect_torch(import_torch=False)
+    if torch is not None:
+        facts["torch"] = torch
+    return facts
+
+
+def load_pyproject_policy(start: Path) -> dict[str, Any] | None:
+    """`[tool.envlock]` from the nearest pyproject.toml at or above `start`, or None."""
+    from envlock.lockfile import parse_toml, read_text
+
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            data = parse_toml(read_text(candidate), str(candidate))
+            tool = data.get("tool", {})
+            section = tool.get("envlock") if isinstance(tool, dict) else None
+            if section is None:
+                return None
+            if not isinstance(section, dict):
+                raise LockError(str(candidate), "expected a table", "tool.envlock")
+            return {"file": str(candidate), "policy": section}
+    return None
+
+
+def effective_policy(
+    lock: Lock, *, lock_path: Path | None, ignore: Iterable[str] = (), warn: Iterable[str] = ()
+) -> Policy:
+    """The lock's [policy], overridden by [tool.envlock] in pyproject.toml, then by --ignore / --warn."""
+    rules = dict(lock.policy.rules)
+    missing, extra = lock.policy.missing_packages, lock.policy.extra_packages
+    start = (lock_path.resolve().parent if lock_path is not None else Path.cwd())
+    found = load_pyproject_policy(start)
+    if found is not None:
+        try:
+            extra_policy = from_dict(Policy, found["policy"], "tool.envlock")
+        except ModelError as exc:
+            raise LockError(found["file"], exc.message, exc.where) from None
+        rules.update(extra_policy.rules)
+        if "missing_packages" in found["policy"]:
+            missing = extra_policy.missing_packages
+        if "extra_packages" in found["policy"]:
+            extra = extra_policy.extra_packages
+    for pattern in ignore:
+        rules[_check_pattern(pattern, "--ignore")] = Rule(rule="ignore", severity="warn")
+    for pattern in warn:
+        key = _check_pattern(pattern, "--warn")
+        base = rules.get(key, Rule(rule="exact"))
+        rules[key] = Rule(rule=base.rule if base.rule != "ignore" else "exact", severity="warn")
+    policy = Policy(missing_packages=missing, extra_packages=extra, rules=rules)
+    # --warn/--ignore on a bare package name (`packages.foo`) governs its presence too.
+    return policy
+
+
+def _check_pattern(pattern: str, option: str) -> str:
+    import re
+
+    from envlock.model import POLICY_KEY
+
+    if not re.fullmatch(POLICY_KEY, pattern):
+        raise UsageError(f"{option} {pattern!r}: expected a dotted path such as packages.numpy.version or cpu.*")
+    return pattern
+
+
+def deep_findings(facts: dict[str, Any], lock: Lock) -> list[Finding]:
+    """Re-hash every installed file of every locked package against its RECORD; one finding per modified package."""
+    from envlock.deep import check_record
+
+    findings = []
+    for item in facts.get("packages", []):
+        from envlock.probes.packages import canonical_name
+
+        name = canonical_name(str(item.get("name", "")))
+        if name not in lock.packages or not str(item.get("metadata_dir", "")).endswith(".dist-info"):
+            continue
+        problems = check_record(str(item["location"]), str(item["metadata_dir"]))
+        if problems:
+            shown = ", ".join(f"{path} ({what})" for path, what in problems[:5])
+            more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+            findings.append(Finding(
+                path=f"packages.{name}.files",
+                expected="files as installed (RECORD)",
+                actual=f"{len(problems)} file(s) changed",
+                severity="error",
+                hint=f"modified inside {name}: {shown}{more}; "
+                     f"pip install --force-reinstall --no-deps {name}=={lock.packages[name].version} restores it",
+            ))
+    return findings
+
+
+def verify(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    fast: bool = False,
+    deep: bool = False,
+    facts: dict[str, Any] | None = None,
+    facts_name: str = "",
+    ignore: Iterable[str] = (),
+    warn: Iterable[str] = (),
+    target: str | None = None,
+) -> Report:
+    """Compare this process (or recorded facts) with the lock; never exits, never prints."""
+    from envlock.capture import build_lock
+    from envlock.lockfile import default_lock_path, load
+
+    lock_path = Path(path) if path is not None else default_lock_path()
+    lock, warnings = load(lock_path)
+    policy = effective_policy(lock, lock_path=lock_path, ignore=ignore, warn=warn)
+    current_facts = facts if facts is not None else collect_current(fast=fast)
+    try:
+        current = build_lock(current_facts, policy=lock.policy, created=lock.lock.created)
+    except ModelError as exc:
+        if facts_name:
+            raise FactsError(facts_name, exc.message, exc.where) from None
+        raise EnvlockError(f"this environment holds a value envlock cannot read: {exc}") from None
+    skip: list[str] = []
+    if fast and facts is None:
+        skip.extend(s for s in SLOW_SECTIONS if not _loaded_for(s, current_facts))
+    comparison: Comparison = compare_locks(lock, current, policy=policy, skip=skip, target=target)
+    findings = list(comparison.findings)
+    if deep and facts is None:
+        already = {f.path for f in findings}
+        findings.extend(f for f in deep_findings(current_facts, lock) if f.path not in already)
+    findings.sort(key=lambda f: (f.severity != "error", f.path))
+    return Report(
+        lock=str(lock_path),
+        target=comparison.target,
+        findings=tuple(findings),
+        skipped=tuple(skip),
+        notes=tuple(warnings) + comparison.notes,
+    )
+
+
+def _loaded_for(section: str, facts: dict[str, Any]) -> bool:
+    if section == "blas":
+        return "blas" in facts
+    return "torch" in facts
+
+
+def check(path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Report:
+    """Like verify(), but raise EnvMismatchError when the report is not ok."""
+    report = verify(path, **kwargs)
+    if not report.ok:
+        raise EnvMismatchError(report)
+    return report
+
+
+def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str]) -> Report:
+    """Compare two locks with the same engine: A is what is expected, B what is found."""
+    from envlock.lockfile import load
+
+    lock_a, warnings_a = load(path_a)
+    lock_b, warnings_b = load(path_b)
+    findings: list[Finding] = []
+    notes = list(warnings_a) + list(warnings_b)
+    names = sorted(set(lock_a.targets) & set(lock_b.targets))
+    if not names:
+        # Different machines: compare the first target of each.
+        pairs = [(sorted(lock_a.targets)[0], sorted(lock_b.targets)[0])]
+        notes.append(f"no target in common; compared {pairs[0][0]} with {pairs[0][1]}")
+    else:
+        pairs = [(n, n) for n in names]
+    for name in sorted(set(lock_a.targets) ^ set(lock_b.targets)):
+        if names:
+            side = "A" if name in lock_a.targets else "B"
+            findings.append(Finding(path=f"targets.{name}", expected="present" if side == "A" else ABSENT_T,
+                                    actual="present" if side == "B" else ABSENT_T, severity="warn",
+                                    hint=f"target {name} is only in lock {side}"))
+    seen: set[str] = set()
+    for name_a, name_b in pairs:
+        b_view = dataclasses.replace(lock_b, targets={name_b: lock_b.targets[name_b]})
+        comparison = compare_locks(lock_a, b_view, target=name_a)
+        for finding in comparison.findings:
+            if finding.path not in seen:
+                seen.add(finding.path)
+                findings.append(finding)
+    findings.sort(key=lambda f: (f.severity != "error", f.path))
+    return Report(lock=f"{path_a} → {path_b}", target=", ".join(a for a, _ in pairs),
+                  findings=tuple(findings), notes=tuple(notes))
+
+
+ABSENT_T = "absent"
