@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -48,23 +47,42 @@ def _read_head(path: str, limit: int = 65536) -> str:
         return handle.read(limit)
 
 
+def _record_rows(record_text: str) -> Iterable[tuple[str, str]]:
+    """(path, hash) per RECORD row; the csv module only for the rare quoted row (a comma in a file name)."""
+    for line in record_text.splitlines():
+        if '"' in line:
+            for row in csv.reader([line]):
+                if len(row) >= 2:
+                    yield row[0], row[1]
+            continue
+        head, sep, _size = line.rpartition(",")
+        if not sep:
+            continue
+        path, sep, digest = head.rpartition(",")
+        if sep:
+            yield path, digest
+
+
+def _kept(path: str, dist_info: str) -> bool:
+    if path[:3] == "../" or path[:1] == "/" or (len(path) > 1 and path[1] == ":"):
+        return False
+    if path.endswith((".pyc", ".pyo")) or ("__pycache__/" in path and "/__pycache__/" in f"/{path}"):
+        return False
+    if path.startswith("__editable__"):
+        return False
+    top, _, leaf = path.partition("/")
+    return not (top == dist_info and leaf in INSTALLER_FILES)
+
+
 def record_digest(record_text: str, dist_info: str) -> str:
     """sha256 over the sorted `path hash` lines of a RECORD, prefix-dependent entries left out."""
     lines = []
-    for row in csv.reader(io.StringIO(record_text)):
-        if len(row) < 2 or not row[1]:
+    for raw_path, digest in _record_rows(record_text):
+        if not digest:
             continue
-        path = row[0].replace("\\", "/")
-        if path.startswith(("../", "/")) or re.match(r"^[A-Za-z]:", path):
-            continue
-        if path.endswith((".pyc", ".pyo")) or "/__pycache__/" in f"/{path}":
-            continue
-        top, _, leaf = path.partition("/")
-        if top == dist_info and leaf in INSTALLER_FILES:
-            continue
-        if path.startswith("__editable__"):
-            continue
-        lines.append(f"{path} {row[1]}\n")
+        path = raw_path.replace("\\", "/")
+        if _kept(path, dist_info):
+            lines.append(f"{path} {digest}\n")
     lines.sort()
     return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
@@ -73,10 +91,11 @@ def search_path(path: Iterable[str] | None = None) -> list[str]:
     """The folders to look for distributions in: sys.path, less the working folder Python adds for scripts."""
     entries = list(sys.path if path is None else path)
     cwd = os.getcwd()
-    explicit = set(os.environ.get("PYTHONPATH", "").split(os.pathsep)) - {""}
+    # Python makes PYTHONPATH entries absolute in sys.path (site.removeduppaths), so compare absolute paths.
+    explicit = {os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry}
     out = []
     for entry in entries:
-        if entry in ("", ".") or (os.path.abspath(entry) == cwd and entry not in explicit):
+        if entry == "" or (os.path.abspath(entry) == cwd and cwd not in explicit):
             continue
         if entry not in out and os.path.isdir(entry):
             out.append(entry)
@@ -131,12 +150,14 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
     return out
 
 
-def _strip_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
+def _strip_credentials(url: str, where: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ModelError(f"{where}.url", f"not a URL: {exc}") from None
+    userinfo, at, host = parts.netloc.rpartition("@")
+    # PEP 610: a non-secret user such as `git` in `git+ssh://git@host/repo` is kept; a password never is.
+    if at and userinfo != "git":
         return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     return url
 
@@ -147,7 +168,7 @@ def parse_source(direct_url: Any, where: str) -> dict[str, str]:
         return {"source": "index"}
     if not isinstance(direct_url, dict):
         raise ModelError(where, "expected an object")
-    url = _strip_credentials(get(direct_url, "url", str, where, ""))
+    url = _strip_credentials(get(direct_url, "url", str, where, ""), where)
     if "vcs_info" in direct_url:
         vcs = get(direct_url, "vcs_info", dict, where)
         out = {"source": "vcs", "url": url}

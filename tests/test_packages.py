@@ -1,0 +1,600 @@
+"""Installed distributions: names, versions, sources and a prefix-independent digest of the installed files."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from envlock.model import ModelError, Package
+from envlock.probes.packages import (
+    canonical_name,
+    collect_packages,
+    parse_packages,
+    parse_source,
+    record_digest,
+    search_path,
+)
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _record(rows: Iterable[tuple[str, str, str]]) -> str:
+    """RECORD text, quoted the way csv writes it (as pip does)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _hash(data: bytes) -> str:
+    """A RECORD hash: sha256, urlsafe base64 without padding (PEP 376 / the wheel spec)."""
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _metadata(name: str, version: str | None = "1.0", body: str = "") -> str:
+    text = f"Metadata-Version: 2.1\nName: {name}\n"
+    if version is not None:
+        text += f"Version: {version}\n"
+    text += "Summary: a test distribution\n"
+    return text + (f"\n{body}" if body else "")
+
+
+def _dist_info(folder: Path, name: str, version: str | None = "1.0", *, record: str | None = None,
+               direct_url: Any = None, body: str = "", dirname: str | None = None) -> Path:
+    """A `.dist-info` folder as an installer leaves it."""
+    dist = folder / (dirname or f"{name.replace('-', '_')}-{version}.dist-info")
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(_metadata(name, version, body), encoding="utf-8")
+    if record is not None:
+        (dist / "RECORD").write_text(record, encoding="utf-8")
+    if direct_url is not None:
+        (dist / "direct_url.json").write_text(json.dumps(direct_url), encoding="utf-8")
+    return dist
+
+
+def _by_name(facts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {canonical_name(fact["name"]): fact for fact in facts}
+
+
+DIST = "tiny_pkg-1.0.dist-info"
+# One distribution's RECORD: shipped files, the installer's notes, a console script, caches, an editable hook.
+KEPT = [
+    ("tiny_pkg/__init__.py", _hash(b"init"), "4"),
+    ("tiny_pkg/cli.py", _hash(b"cli"), "3"),
+    (f"{DIST}/METADATA", _hash(b"meta"), "4"),
+    (f"{DIST}/WHEEL", _hash(b"wheel"), "5"),
+    (f"{DIST}/entry_points.txt", _hash(b"ep"), "2"),
+    (f"{DIST}/licenses/LICENSE", _hash(b"mit"), "3"),
+    ("tiny_pkg/RECORD", _hash(b"not the installer's"), "19"),  # only the dist-info's own RECORD is the installer's
+]
+DROPPED = [
+    ("../../../bin/tiny", _hash(b"#!/venv-a/bin/python"), "20"),
+    ("..\\..\\Scripts\\tiny.exe", _hash(b"MZ"), "2"),
+    ("/opt/prefix/share/tiny/data.txt", _hash(b"abs"), "3"),
+    ("C:/Users/me/tiny.txt", _hash(b"drive"), "5"),
+    ("tiny_pkg/__pycache__/__init__.cpython-311.pyc", _hash(b"pyc-a"), "5"),
+    ("tiny_pkg/old.pyc", _hash(b"pyc"), "3"),
+    ("tiny_pkg/old.pyo", _hash(b"pyo"), "3"),
+    ("__pycache__/top.cpython-311.pyc", _hash(b"top"), "3"),
+    (f"{DIST}/INSTALLER", _hash(b"pip\n"), "4"),
+    (f"{DIST}/REQUESTED", _hash(b""), "0"),
+    (f"{DIST}/direct_url.json", _hash(b'{"url": "file:///a"}'), "20"),
+    (f"{DIST}/uv_cache.json", _hash(b"{}"), "2"),
+    ("__editable__.tiny_pkg-1.0.pth", _hash(b"/home/me/src"), "12"),
+    ("__editable___tiny_pkg_1_0_finder.py", _hash(b"MAPPING = {'/home/me/src'}"), "26"),
+    (f"{DIST}/RECORD", "", ""),
+    ("tiny_pkg/unhashed.txt", "", ""),
+]
+
+
+# --- record_digest ----------------------------------------------------------------------------------------
+
+
+def test_record_digest_is_a_sha256_over_the_kept_files_only() -> None:
+    digest = record_digest(_record(KEPT + DROPPED), DIST)
+
+    assert digest == record_digest(_record(KEPT), DIST)
+    assert digest.startswith("sha256:") and len(digest) == len("sha256:") + 64
+    assert digest != record_digest("", DIST)
+
+
+@pytest.mark.parametrize("row", DROPPED, ids=[row[0] for row in DROPPED])
+def test_record_digest_ignores_prefix_dependent_and_installer_entries(row: tuple[str, str, str]) -> None:
+    changed = (row[0], _hash(b"something else entirely"), "99") if row[1] else row
+
+    assert record_digest(_record([*KEPT, changed]), DIST) == record_digest(_record(KEPT), DIST)
+
+
+@pytest.mark.parametrize("index", range(len(KEPT)), ids=[row[0] for row in KEPT])
+def test_record_digest_changes_when_any_kept_file_changes(index: int) -> None:
+    before = record_digest(_record(KEPT), DIST)
+    edited = list(KEPT)
+    path, _, size = edited[index]
+    edited[index] = (path, _hash(b"one byte changed"), size)
+    renamed = list(KEPT)
+    renamed[index] = (path + "x", *KEPT[index][1:])
+
+    assert record_digest(_record(edited), DIST) != before
+    assert record_digest(_record(renamed), DIST) != before
+    assert record_digest(_record(KEPT[:index] + KEPT[index + 1:]), DIST) != before
+
+
+def test_record_digest_installer_files_are_only_dropped_in_the_distributions_own_dist_info() -> None:
+    other = [("other_pkg-2.0.dist-info/INSTALLER", _hash(b"pip\n"), "4")]
+
+    assert record_digest(_record(KEPT + other), DIST) != record_digest(_record(KEPT), DIST)
+
+
+def test_record_digest_ignores_the_size_column_and_tolerates_short_rows() -> None:
+    resized = [(path, digest, "12345") for path, digest, _ in KEPT]
+    text = _record(KEPT) + "lonely-path-without-hash\n\n"
+
+    assert record_digest(_record(resized), DIST) == record_digest(_record(KEPT), DIST)
+    assert record_digest(text, DIST) == record_digest(_record(KEPT), DIST)
+
+
+def test_record_digest_reads_windows_separators_like_posix_ones() -> None:
+    windows = [(path.replace("/", "\\"), digest, size) for path, digest, size in KEPT]
+
+    assert record_digest(_record(windows), DIST) == record_digest(_record(KEPT), DIST)
+
+
+@given(st.permutations(KEPT + DROPPED))
+def test_record_digest_does_not_depend_on_row_order(rows: list[tuple[str, str, str]]) -> None:
+    assert record_digest(_record(rows), DIST) == record_digest(_record(KEPT), DIST)
+
+
+# --- parse_source -----------------------------------------------------------------------------------------
+
+COMMIT = "0123456789ABCDEF0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(
+    ("direct_url", "expected"),
+    [
+        (None, {"source": "index"}),
+        ({"url": "https://github.com/o/r.git", "vcs_info": {"vcs": "git", "commit_id": COMMIT,
+                                                            "requested_revision": "main"}},
+         {"source": "vcs", "url": "https://github.com/o/r.git", "commit": COMMIT.lower()}),
+        ({"url": "https://github.com/o/r.git", "vcs_info": {"vcs": "git"}},
+         {"source": "vcs", "url": "https://github.com/o/r.git"}),
+        ({"url": "file:///home/me/src/r", "dir_info": {"editable": True}},
+         {"source": "editable", "url": "file:///home/me/src/r"}),
+        ({"url": "file:///home/me/src/r", "dir_info": {"editable": False}},
+         {"source": "local", "url": "file:///home/me/src/r"}),
+        ({"url": "file:///home/me/src/r", "dir_info": {}}, {"source": "local", "url": "file:///home/me/src/r"}),
+        ({"url": "https://files.example.org/r-1.0-py3-none-any.whl",
+          "archive_info": {"hashes": {"sha256": "ab" * 32}}},
+         {"source": "url", "url": "https://files.example.org/r-1.0-py3-none-any.whl"}),
+        ({"url": "file:///tmp/r-1.0-py3-none-any.whl", "archive_info": {}},
+         {"source": "local", "url": "file:///tmp/r-1.0-py3-none-any.whl"}),
+    ],
+    ids=["index", "vcs-commit", "vcs-no-commit", "editable", "dir", "dir-no-flag", "archive-https", "archive-file"],
+)
+def test_parse_source_reads_every_pep_610_form(direct_url: Any, expected: dict[str, str]) -> None:
+    assert parse_source(direct_url, "packages[0].direct_url") == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://user:token@host.example/x.whl", "https://host.example/x.whl"),
+        ("https://token@host.example/x.whl", "https://host.example/x.whl"),
+        ("https://user:token@host.example:8443/simple/x.whl?a=1#sha256=00",
+         "https://host.example:8443/simple/x.whl?a=1#sha256=00"),
+        ("https://user:p%40ss@[::1]:8080/x.whl", "https://[::1]:8080/x.whl"),
+        ("git+https://oauth2:glpat-secret@gitlab.example/o/r.git", "git+https://gitlab.example/o/r.git"),
+        # PEP 610: a well-known, non-secret user such as `git` for ssh is kept, or the URL no longer works.
+        ("git+ssh://git@github.com/o/r.git", "git+ssh://git@github.com/o/r.git"),
+        ("https://host.example/x.whl", "https://host.example/x.whl"),
+    ],
+    ids=["user-token", "token-only", "port-query-fragment", "ipv6", "vcs-https", "git-ssh-user", "no-credentials"],
+)
+def test_parse_source_strips_credentials_from_urls(url: str, expected: str) -> None:
+    infos: list[dict[str, Any]] = [{"archive_info": {}}, {"vcs_info": {"vcs": "git", "commit_id": "abcdef0"}}]
+    for info in infos:
+        source = parse_source({"url": url, **info}, "d")
+        assert source["url"] == expected
+        assert "token" not in source["url"] and "secret" not in source["url"]
+
+
+@pytest.mark.parametrize(
+    ("direct_url", "where"),
+    [
+        ([], "packages[3].direct_url"),
+        ("file:///x", "packages[3].direct_url"),
+        ({"url": 7, "archive_info": {}}, "packages[3].direct_url.url"),
+        ({"url": "https://h/r.git", "vcs_info": []}, "packages[3].direct_url.vcs_info"),
+        ({"url": "https://h/r.git", "vcs_info": {"vcs": "git", "commit_id": 1234567}},
+         "packages[3].direct_url.vcs_info.commit_id"),
+        ({"url": "file:///x", "dir_info": "editable"}, "packages[3].direct_url.dir_info"),
+        ({"url": "file:///x", "dir_info": {"editable": "yes"}}, "packages[3].direct_url.dir_info.editable"),
+        ({"url": "https://u:p@[::1/x.whl", "archive_info": {}}, "packages[3].direct_url.url"),
+    ],
+    ids=["list", "string", "url-int", "vcs-list", "commit-int", "dir-str", "editable-str", "broken-ipv6"],
+)
+def test_parse_source_rejects_malformed_direct_url_naming_the_place(direct_url: Any, where: str) -> None:
+    with pytest.raises(ModelError) as caught:
+        parse_source(direct_url, "packages[3].direct_url")
+
+    assert caught.value.where == where
+    assert str(caught.value).startswith(where + ":")
+
+
+# --- parse_packages ---------------------------------------------------------------------------------------
+
+
+def test_parse_packages_keys_are_canonical_and_sorted() -> None:
+    raw = [
+        {"name": "Zope.Interface", "version": "6.0"},
+        {"name": "typing_extensions", "version": "4.12.2", "files": "sha256:" + "1" * 64},
+        {"name": "Flask", "version": "3.0.0",
+         "direct_url": {"url": "https://github.com/p/f.git", "vcs_info": {"vcs": "git", "commit_id": "ABCDEF1"}}},
+        {"name": "a__b..c", "version": "1"},
+    ]
+
+    packages = parse_packages(raw)
+
+    assert list(packages) == ["a-b-c", "flask", "typing-extensions", "zope-interface"]
+    assert packages["flask"] == Package(version="3.0.0", source="vcs", url="https://github.com/p/f.git",
+                                        commit="abcdef1")
+    assert packages["typing-extensions"].files == "sha256:" + "1" * 64
+    assert packages["zope-interface"] == Package(version="6.0")
+
+
+def test_parse_packages_keeps_the_first_of_names_equal_after_canonicalization() -> None:
+    raw = [
+        {"name": "Foo.Bar", "version": "2.0"},
+        {"name": "foo_bar", "version": "1.0"},
+        {"name": "FOO-BAR", "version": "0.1"},
+    ]
+
+    assert parse_packages(raw) == {"foo-bar": Package(version="2.0")}
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ({"name": "x"}, "packages"),
+        ([{"name": "x", "version": "1"}, "x"], "packages[1]"),
+        ([{"version": "1"}], "packages[0].name"),
+        ([{"name": "x"}], "packages[0].version"),
+        ([{"name": "x", "version": "1", "files": 5}], "packages[0].files"),
+        ([{"name": "x", "version": "1"}, {"name": "y", "version": "1", "direct_url": {
+            "url": "https://h/y.git", "vcs_info": {"commit_id": ["abc"]}}}],
+         "packages[1].direct_url.vcs_info.commit_id"),
+    ],
+    ids=["not-a-list", "not-an-object", "no-name", "no-version", "files-int", "bad-commit"],
+)
+def test_parse_packages_rejects_malformed_facts_naming_the_place(raw: Any, where: str) -> None:
+    with pytest.raises(ModelError) as caught:
+        parse_packages(raw)
+
+    assert caught.value.where == where
+
+
+# --- collect_packages on synthetic site folders ---------------------------------------------------------------
+
+
+def test_collect_packages_reads_dist_info_egg_info_folders_and_egg_info_files(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _dist_info(site, "tiny-pkg", "1.0", record=_record(KEPT + DROPPED), dirname=DIST,
+               direct_url={"url": "https://github.com/o/t.git", "vcs_info": {"vcs": "git", "commit_id": COMMIT}})
+    (site / "old_style.egg-info").mkdir()
+    (site / "old_style.egg-info" / "PKG-INFO").write_text(_metadata("old-style", "0.3"), encoding="utf-8")
+    (site / "single_file-2.1-py3.11.egg-info").write_text(_metadata("single_file", "2.1"), encoding="utf-8")
+    (site / "tiny_pkg").mkdir()
+    (site / "README.txt").write_text("not a distribution", encoding="utf-8")
+
+    facts = _by_name(collect_packages([str(site)]))
+
+    assert sorted(facts) == ["old-style", "single-file", "tiny-pkg"]
+    assert facts["tiny-pkg"] == {
+        "name": "tiny-pkg", "version": "1.0", "location": str(site), "metadata_dir": DIST,
+        "direct_url": {"url": "https://github.com/o/t.git", "vcs_info": {"vcs": "git", "commit_id": COMMIT}},
+        "files": record_digest(_record(KEPT), DIST),
+    }
+    # egg-info carries no RECORD: no digest, and no invented source.
+    assert facts["old-style"] == {"name": "old-style", "version": "0.3", "location": str(site),
+                                  "metadata_dir": "old_style.egg-info"}
+    assert facts["single-file"]["version"] == "2.1" and "files" not in facts["single-file"]
+    assert parse_packages(list(facts.values()))["tiny-pkg"].commit == COMMIT.lower()
+
+
+def test_collect_packages_gives_one_digest_for_one_distribution_in_two_prefixes(tmp_path: Path) -> None:
+    """The fast, synthetic twin of the two-venv test: same shipped files, different scripts, caches and notes."""
+    digests = []
+    for prefix in ("venv-a", "other/place/venv-b"):
+        site = tmp_path / prefix / "lib" / "site-packages"
+        rows = [*KEPT, ("../../bin/tiny", _hash(f"#!{tmp_path / prefix}/bin/python".encode()), "40"),
+                ("tiny_pkg/__pycache__/cli.cpython-311.pyc", _hash(prefix.encode()), "9"),
+                (f"{DIST}/direct_url.json", _hash(prefix.encode()), "9")]
+        _dist_info(site, "tiny-pkg", record=_record(rows), dirname=DIST)
+        digests.append(collect_packages([str(site)])[0]["files"])
+
+    assert digests[0] == digests[1] == record_digest(_record(KEPT), DIST)
+
+
+def test_collect_packages_digests_false_skips_reading_records(tmp_path: Path) -> None:
+    _dist_info(tmp_path / "site", "tiny", record=_record(KEPT))
+
+    (fact,) = collect_packages([str(tmp_path / "site")], digests=False)
+
+    assert "files" not in fact and fact["version"] == "1.0"
+
+
+def test_collect_packages_first_path_entry_wins_like_importlib_metadata(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    _dist_info(first, "Foo_Bar", "2.0")
+    _dist_info(second, "foo.bar", "1.0", record=_record(KEPT))
+    _dist_info(second, "only-second", "3.0")
+    path = [str(first), str(second)]
+
+    facts = _by_name(collect_packages(path))
+
+    assert {key: fact["version"] for key, fact in facts.items()} == {"foo-bar": "2.0", "only-second": "3.0"}
+    assert facts["foo-bar"]["location"] == str(first) and "files" not in facts["foo-bar"]
+    for name in ("foo-bar", "Foo_Bar", "only-second"):
+        first_found = next(iter(importlib.metadata.Distribution.discover(name=name, path=path)))
+        assert facts[canonical_name(name)]["version"] == first_found.version
+    assert _by_name(collect_packages(path[::-1]))["foo-bar"]["version"] == "1.0"
+
+
+def test_collect_packages_reads_only_the_metadata_headers(tmp_path: Path) -> None:
+    body = "Name: impostor\nVersion: 6.6.6\n\n" + "A long description line.\n" * 20000
+    _dist_info(tmp_path / "site", "Real-Name", "1.2.3", body=body)
+
+    (fact,) = collect_packages([str(tmp_path / "site")])
+
+    assert (fact["name"], fact["version"]) == ("Real-Name", "1.2.3")
+
+
+@pytest.mark.parametrize("broken", ["no-version", "no-name", "no-metadata", "empty-metadata", "egg-no-pkg-info"])
+def test_collect_packages_skips_distributions_it_cannot_name(tmp_path: Path, broken: str) -> None:
+    site = tmp_path / "site"
+    _dist_info(site, "good", "1.0")
+    if broken == "no-version":
+        _dist_info(site, "bad", None, dirname="bad-1.0.dist-info")
+    elif broken == "no-name":
+        (site / "bad-1.0.dist-info").mkdir()
+        (site / "bad-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nVersion: 1.0\n")
+    elif broken == "no-metadata":
+        (site / "bad-1.0.dist-info").mkdir()
+    elif broken == "empty-metadata":
+        (site / "bad-1.0.dist-info").mkdir()
+        (site / "bad-1.0.dist-info" / "METADATA").write_text("")
+    else:
+        (site / "bad.egg-info").mkdir()
+
+    assert [fact["name"] for fact in collect_packages([str(site)])] == ["good"]
+
+
+def test_collect_packages_tolerates_broken_direct_url_and_missing_record(tmp_path: Path) -> None:
+    dist = _dist_info(tmp_path / "site", "tiny")
+    (dist / "direct_url.json").write_text("{not json", encoding="utf-8")
+
+    (fact,) = collect_packages([str(tmp_path / "site")])
+
+    assert "direct_url" not in fact and "files" not in fact
+    assert parse_packages([fact])["tiny"].source == "index"
+
+
+def test_collect_packages_skips_missing_and_non_folder_entries(tmp_path: Path) -> None:
+    _dist_info(tmp_path / "site", "tiny")
+    archive = tmp_path / "lib.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+
+    facts = collect_packages([str(tmp_path / "missing"), str(archive), str(tmp_path / "site"), str(tmp_path / "site")])
+
+    assert [fact["name"] for fact in facts] == ["tiny"]
+
+
+def test_search_path_skips_the_working_folder_python_adds_unless_pythonpath_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work, site = tmp_path / "work", tmp_path / "site"
+    _dist_info(work, "from-cwd")
+    _dist_info(site, "from-site")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    # `python -c` puts '' first, `python -m` the working folder itself.
+    path = ["", ".", str(work), str(site)]
+
+    assert search_path(path) == [str(site)]
+    assert [fact["name"] for fact in collect_packages(path)] == ["from-site"]
+
+    for pythonpath in (str(work), ".", os.pathsep.join([str(tmp_path / "elsewhere"), str(work)])):
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+        assert [fact["name"] for fact in collect_packages(path)] == ["from-cwd", "from-site"], pythonpath
+
+
+def test_search_path_defaults_to_sys_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _dist_info(tmp_path, "on-sys-path")
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path / "absent"), str(tmp_path)])
+
+    assert search_path() == [str(tmp_path)]
+    assert [fact["name"] for fact in collect_packages()] == ["on-sys-path"]
+
+
+def test_collect_packages_matches_importlib_metadata_on_this_environment() -> None:
+    folders = search_path()
+    expected: dict[str, str] = {}
+    for dist in importlib.metadata.distributions(path=folders):
+        name = dist.metadata["Name"]
+        if name and dist.version:
+            expected.setdefault(canonical_name(name), dist.version)
+
+    facts = collect_packages()
+    packages = parse_packages(facts)
+
+    assert {key: package.version for key, package in packages.items()} == expected
+    assert {"pytest", "hypothesis"} <= set(packages)
+    assert all(package.files.startswith("sha256:") for key, package in packages.items() if key == "pytest")
+
+
+# --- two real virtual environments --------------------------------------------------------------------------
+
+MODULE = b'"""A tiny package for envlock tests."""\n\nVALUE = 1\n'
+CLI = b'def main() -> None:\n    print("tiny says hello")\n'
+
+
+def _build_wheel(folder: Path, version: str, module: bytes = MODULE) -> Path:
+    """`tiny_pkg-{version}-py3-none-any.whl`, written by hand: no network, no build backend."""
+    dist_info = f"tiny_pkg-{version}.dist-info"
+    files = {
+        "tiny_pkg/__init__.py": module,
+        "tiny_pkg/cli.py": CLI,
+        # A plain script with a `#!python` shebang: the installer rewrites it for each prefix.
+        f"tiny_pkg-{version}.data/scripts/tiny-script": b"#!python\nprint('tiny script')\n",
+        f"{dist_info}/METADATA": _metadata("tiny-pkg", version).encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: envlock-tests\nRoot-Is-Purelib: true\n"
+                               b"Tag: py3-none-any\n",
+        f"{dist_info}/entry_points.txt": b"[console_scripts]\ntiny-cli = tiny_pkg.cli:main\n",
+    }
+    rows = [(path, _hash(data), str(len(data))) for path, data in files.items()]
+    files[f"{dist_info}/RECORD"] = _record([*rows, (f"{dist_info}/RECORD", "", "")]).encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"tiny_pkg-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            # A regular file's mode, with the x bit on scripts: pip keeps it only then.
+            info.external_attr = (stat.S_IFREG | (0o755 if "/scripts/" in path else 0o644)) << 16
+            archive.writestr(info, data)
+    return wheel
+
+
+def _run(*args: str | Path) -> str:
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _venv(where: Path) -> tuple[Path, str]:
+    """A fresh venv without pip: (its bin folder, its site-packages)."""
+    _run(sys.executable, "-m", "venv", "--without-pip", where)
+    bin_dir = where / ("Scripts" if os.name == "nt" else "bin")
+    site = _run(bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
+    return bin_dir, site
+
+
+def _install(bin_dir: Path, wheel: Path, *extra: str) -> None:
+    _run(sys.executable, "-m", "pip", "--python", bin_dir / "python", "install", "--no-index", "--no-deps",
+         "--upgrade", *extra, wheel)
+
+
+def _tiny(site: str) -> dict[str, Any]:
+    (fact,) = [fact for fact in collect_packages([site]) if canonical_name(fact["name"]) == "tiny-pkg"]
+    return fact
+
+
+def _record_rows(site: str, version: str = "1.0") -> dict[str, str]:
+    text = Path(site, f"tiny_pkg-{version}.dist-info", "RECORD").read_text(encoding="utf-8")
+    return {row[0]: row[1] for row in csv.reader(io.StringIO(text)) if row}
+
+
+@pytest.fixture(scope="module")
+def two_venvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same wheel installed into two venvs at unrelated paths: `a` with .pyc compiled by pip, `b` without."""
+    root = tmp_path_factory.mktemp("venvs")
+    wheel = _build_wheel(root / "wheels", "1.0")
+    envs: dict[str, Any] = {"wheel": wheel, "root": root}
+    for key, where, extra in (("a", root / "a", ()), ("b", root / "deeper" / "path" / "b", ("--no-compile",))):
+        bin_dir, site = _venv(where)
+        _install(bin_dir, wheel, *extra)
+        envs[key] = (where, bin_dir, site)
+    return envs
+
+
+@pytest.mark.slow
+def test_same_wheel_in_two_venvs_gives_the_same_digest(two_venvs: dict[str, Any]) -> None:
+    (_, _, site_a), (_, _, site_b) = two_venvs["a"], two_venvs["b"]
+    rows_a, rows_b = _record_rows(site_a), _record_rows(site_b)
+
+    fact_a, fact_b = _tiny(site_a), _tiny(site_b)
+
+    assert rows_a != rows_b  # the installs really differ: caches in one, scripts with other shebangs
+    assert any(path.endswith(".pyc") for path in rows_a) and not any(path.endswith(".pyc") for path in rows_b)
+    assert fact_a["files"] == fact_b["files"]
+    assert fact_a["files"].startswith("sha256:")
+    assert fact_a["location"] == site_a and fact_b["location"] == site_b
+    package_a, package_b = parse_packages([fact_a])["tiny-pkg"], parse_packages([fact_b])["tiny-pkg"]
+    assert package_a == package_b
+    assert package_a.version == "1.0" and package_a.source == "local"
+    assert package_a.url == two_venvs["wheel"].as_uri()
+
+
+@pytest.mark.slow
+def test_console_scripts_exist_in_each_venv_with_prefix_dependent_record_entries(two_venvs: dict[str, Any]) -> None:
+    script_rows = {}
+    for key in ("a", "b"):
+        where, bin_dir, site = two_venvs[key]
+        rows = _record_rows(site)
+        for script in ("tiny-cli", "tiny-script"):
+            path = bin_dir / script
+            assert path.is_file() and os.access(path, os.X_OK)
+            shebang = path.read_text(encoding="utf-8").splitlines()[0]
+            assert str(where) in shebang
+            (entry,) = [p for p in rows if p.endswith(f"/{script}")]
+            assert entry.startswith("../") and (Path(site) / entry).resolve() == path.resolve()
+            script_rows[key, script] = rows[entry]
+        assert _run(bin_dir / "tiny-cli").strip() == "tiny says hello"
+        assert _run(bin_dir / "tiny-script").strip() == "tiny script"
+
+    assert script_rows["a", "tiny-cli"] != script_rows["b", "tiny-cli"]
+    assert script_rows["a", "tiny-script"] != script_rows["b", "tiny-script"]
+
+
+@pytest.mark.slow
+def test_compiling_pyc_in_one_venv_leaves_the_digest_unchanged(two_venvs: dict[str, Any]) -> None:
+    _, bin_dir, site_b = two_venvs["b"]
+    before = _tiny(site_b)["files"]
+
+    _run(bin_dir / "python", "-m", "compileall", "-q", Path(site_b) / "tiny_pkg")
+
+    assert list((Path(site_b) / "tiny_pkg" / "__pycache__").glob("*.pyc"))
+    assert _tiny(site_b)["files"] == before == _tiny(two_venvs["a"][2])["files"]
+
+
+@pytest.mark.slow
+def test_a_changed_byte_or_a_new_version_gives_another_digest(two_venvs: dict[str, Any]) -> None:
+    root = two_venvs["root"]
+    original = _tiny(two_venvs["a"][2])["files"]
+    changed = _build_wheel(root / "changed", "1.0", MODULE.replace(b"VALUE = 1", b"VALUE = 2"))
+    newer = _build_wheel(root / "newer", "1.1", MODULE.replace(b"VALUE = 1", b"VALUE = 2"))
+    bin_dir, site = _venv(root / "c")
+
+    _install(bin_dir, changed)
+    fact_changed = _tiny(site)
+    _install(bin_dir, newer)
+    fact_newer = _tiny(site)
+
+    assert fact_changed["version"] == "1.0" and fact_changed["files"] != original
+    assert fact_newer["version"] == "1.1" and fact_newer["files"] not in (original, fact_changed["files"])
+    assert not (Path(site) / "tiny_pkg-1.0.dist-info").exists()
+    assert parse_packages([fact_newer])["tiny-pkg"].version == "1.1"
+
+
+@pytest.mark.slow
+def test_both_venvs_on_one_path_report_the_first(two_venvs: dict[str, Any]) -> None:
+    site_a, site_b = two_venvs["a"][2], two_venvs["b"][2]
+
+    facts = [fact for fact in collect_packages([site_b, site_a]) if fact["name"] == "tiny-pkg"]
+
+    assert [fact["location"] for fact in facts] == [site_b]
