@@ -65,13 +65,31 @@ def collect_cpu() -> dict[str, Any]:
     }
 
 
+def _aarch64_compatible(info: Any, target: Any) -> bool:
+    """Whether `target` fits the aarch64 facts in `info`, whatever OS this parser runs on."""
+    # archspec's own aarch64 check branches on the *running* host's platform.system(): on macOS it looks the
+    # partial uarch up by name and raises KeyError(''), so Linux facts could not be parsed on a Mac (nor a Mac
+    # captured at all). The rule here is its Linux one: same family, vendor or generic, all features present.
+    from archspec.cpu import TARGETS
+
+    if target.vendor == "generic" and target.name != "aarch64":
+        return False
+    return bool(
+        target.family == TARGETS["aarch64"]
+        and target.vendor in (info.vendor, "generic")
+        and target.features.issubset(info.features)
+    )
+
+
 def _archspec(machine: str, vendor: str, flags: set[str], cpu_part: str) -> tuple[str, str]:
     """(microarchitecture, best generic level) for the given facts, the way archspec's host() chooses."""
     from archspec.cpu import TARGETS, generic_microarchitecture
     from archspec.cpu.detect import COMPATIBILITY_CHECKS, partial_uarch
 
     family = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine)
-    tester = COMPATIBILITY_CHECKS.get(family)
+    # Only checks that read nothing but the facts: archspec's power and riscv64 checks start from the *running*
+    # host's family (`_machine()`), so ppc64le facts parsed on an x86_64 machine came out as `sapphirerapids`.
+    tester = {"x86_64": COMPATIBILITY_CHECKS.get("x86_64"), "aarch64": _aarch64_compatible}.get(family)
     if tester is None:
         return family or "unknown", family or "unknown"
     info = partial_uarch(vendor=vendor or "generic", features=flags, cpu_part=cpu_part)
@@ -93,6 +111,8 @@ def parse_cpu(raw: Any) -> CpuSection:
     """The `cpu` section of a target from raw facts."""
     machine = get(raw, "machine", str, "cpu")
     info = get(raw, "cpuinfo", dict, "cpu", {})
+    for key in info:  # /proc/cpuinfo values are text; anything else would be split into garbage flags below
+        get(info, key, str, "cpu.cpuinfo", "")
     vendor = str(info.get("vendor_id") or info.get("CPU implementer") or "unknown")
     model = str(info.get("model name") or info.get("Model") or info.get("uarch") or info.get("cpu") or "unknown")
     flags = set(str(info.get("flags") or info.get("Features") or "").split())

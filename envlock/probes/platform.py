@@ -52,17 +52,19 @@ def parse_os_release(text: str) -> str:
 
 def parse_container(raw: dict[str, Any]) -> str:
     """The kind of container the process runs in, or "" for none."""
+    # Every fact is read (and type-checked) up front, so a malformed one is refused whichever comes first.
     markers = get(raw, "markers", list, "platform", [])
+    kubernetes = get(raw, "kubernetes", bool, "platform", False)
+    env: str = get(raw, "container_env", str, "platform", "")
+    cgroup = get(raw, "cgroup", str, "platform", "")
     if "/.dockerenv" in markers:
         return "docker"
     if "/run/.containerenv" in markers:
         return "podman"
-    if get(raw, "kubernetes", bool, "platform", False):
+    if kubernetes:
         return "kubernetes"
-    env: str = get(raw, "container_env", str, "platform", "")
     if env:
         return env
-    cgroup = get(raw, "cgroup", str, "platform", "")
     for needle, kind in (("kubepods", "kubernetes"), ("docker", "docker"), ("containerd", "containerd"),
                          ("libpod", "podman"), ("lxc", "lxc")):
         if needle in cgroup:
