@@ -94,6 +94,12 @@ def _previous(path: Path) -> tuple[str | None, Policy | None]:
         return None, None
     text = read_text(path)
     data = parse_toml(text, str(path))
+    if not data and not text.strip():
+        return None, None
+    if "lock" not in data:
+        # A TOML file that is not a lock (`-o pyproject.toml`) would be silently replaced: refuse.
+        raise LockError(str(path), "is not an envlock lock (no [lock] table); refusing to overwrite it "
+                        "(choose another -o, or use --force)")
     if "policy" not in data:
         return text, None
     try:

@@ -50,6 +50,10 @@ def collect_facts(*, use_torch: bool = True) -> dict[str, Any]:
     if failure:
         raise failure[0]
     facts["blas"] = collect_blas(import_modules=False)
+    if not use_torch:
+        # torch may be loaded anyway (a script that imported it): leave its build facts out all the same.
+        for key in [key for key in facts["blas"] if key.startswith("torch_")]:
+            del facts["blas"][key]
     torch = collect_torch(import_torch=False) if use_torch else None
     if torch is not None:
         facts["torch"] = torch
