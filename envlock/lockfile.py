@@ -10,11 +10,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from envlock.errors import LockError
+from envlock.model import SCHEMA as SCHEMA_GRAMMAR
 from envlock.model import SCHEMA_VERSION, Lock, LockHeader, ModelError, from_dict, to_dict
 
 if sys.version_info >= (3, 11):
@@ -90,6 +92,8 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
         raise LockError(name, f"not valid TOML: {exc}") from None
     except RecursionError:
         raise LockError(name, "nesting is too deep; not a lock file") from None
+    except ValueError:  # tomllib lets int()'s digit limit through: `x = 1000...` with 4,300+ digits
+        raise LockError(name, "not valid TOML: a number is too long") from None
 
 
 def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
@@ -100,10 +104,12 @@ def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
     schema = header.get("schema")
     if not isinstance(schema, str):
         raise LockError(name, "expected a string such as \"1.0\"", "lock.schema")
+    # ASCII digits only, and few of them: str.isdigit() passes "²" and int() refuses 4,300+ digits.
+    if re.fullmatch(SCHEMA_GRAMMAR, schema) is None:
+        shown = schema if len(schema) <= 40 else schema[:37] + "..."
+        raise LockError(name, f"{shown!r} is not a schema version", "lock.schema")
     major, _, minor = schema.partition(".")
     ours_major, _, ours_minor = SCHEMA_VERSION.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        raise LockError(name, f"{schema!r} is not a schema version", "lock.schema")
     if major != ours_major:
         raise LockError(
             name, f"schema version {schema} is not supported (this envlock reads {ours_major}.x)", "lock.schema"

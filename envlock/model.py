@@ -8,6 +8,7 @@ characters and bidirectional overrides, so nothing hostile survives loading. Opt
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 import typing
@@ -262,7 +263,14 @@ def _match(pattern: str, value: str) -> bool:
     return compiled.fullmatch(value) is not None
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.*+:-]+")
+
+
 def _join(where: str, key: str) -> str:
+    # A hostile key (newline, bidi override, lookalike letters) is shown TOML-quoted and escaped, so an error
+    # stays on one line and shows what the key really holds.
+    if _PLAIN_KEY.fullmatch(key) is None:
+        key = json.dumps(key, ensure_ascii=True)
     return f"{where}.{key}" if where else key
 
 
