@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import compare, report  # noqa: E402
+from _timing import compare, report
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ __all__ = [
 
 def capture(output: str = "envlock.lock", **kwargs: Any) -> Any:
     """Capture this process's environment into a lock file; returns a CaptureResult."""
-    from envlock.capture import capture as _capture
+    from envlock.capturing import capture as _capture
 
     return _capture(output, **kwargs)
 
@@ -36,21 +36,21 @@ def verify(path: str | None = None, **kwargs: Any) -> Any:
 
     Call it inside a job after its own setup: flags set in code (TF32, thread counts) are seen as they are now.
     """
-    from envlock.verify import verify as _verify
+    from envlock.verifying import verify as _verify
 
     return _verify(path, **kwargs)
 
 
 def check(path: str | None = None, **kwargs: Any) -> Any:
     """Like verify(), but raise EnvMismatchError (carrying the report) when an error-severity mismatch is found."""
-    from envlock.verify import check as _check
+    from envlock.verifying import check as _check
 
     return _check(path, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
     if name == "EnvMismatchError":
-        from envlock.verify import EnvMismatchError
+        from envlock.verifying import EnvMismatchError
 
         return EnvMismatchError
     raise AttributeError(f"module 'envlock' has no attribute {name!r}")

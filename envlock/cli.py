@@ -70,7 +70,7 @@ def capture(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing lock even if it cannot be read."),
 ) -> None:
     """Capture this machine and Python environment into a lock file."""
-    from envlock.capture import capture as run_capture
+    from envlock.capturing import capture as run_capture
     from envlock.facts import load_facts
 
     raw = load_facts(facts) if facts is not None else None
@@ -150,7 +150,7 @@ def diff(
 ) -> None:
     """Compare two locks; exit 1 when they differ in an error-severity field under A's policy."""
     from envlock.entry import emit_report
-    from envlock.verify import diff as run_diff
+    from envlock.verifying import diff as run_diff
 
     report = run_diff(lock_a, lock_b)
     emit_report(report, as_json=as_json, quiet=False, title="diff")
@@ -170,7 +170,7 @@ def run(
     """
     from envlock.report import render_text
     from envlock.runner import apply_lock_env, exec_job, verify_mode
-    from envlock.verify import verify as run_verify
+    from envlock.verifying import verify as run_verify
 
     mode = verify_mode()
     path = apply_lock_env(lock)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envlock.model import Lock, Policy, Rule, Target, to_dict
-from envlock.policy import rule_for
+from envlock.policy import explicit_rule, rule_for
 
 UNSET = "(unset)"
 ABSENT = "(absent)"
@@ -159,11 +159,15 @@ def compare_packages(expected: Lock, actual: Lock, policy: Policy) -> list[tuple
     out: list[tuple[str, Any, Any, Rule]] = []
     for name in sorted(set(expected.packages) | set(actual.packages)):
         want, have = expected.packages.get(name), actual.packages.get(name)
+        # A rule for `packages.<name>` (in [policy], pyproject or --ignore/--warn) governs its presence.
+        presence = explicit_rule(policy, f"packages.{name}")
         if want is not None and have is None:
-            out.append((f"packages.{name}", want.version, None, Rule(rule="exact", severity=policy.missing_packages)))
+            rule = presence or Rule(rule="exact", severity=policy.missing_packages)
+            out.append((f"packages.{name}", want.version, None, rule))
             continue
         if want is None and have is not None:
-            out.append((f"packages.{name}", None, have.version, Rule(rule="exact", severity=policy.extra_packages)))
+            rule = presence or Rule(rule="exact", severity=policy.extra_packages)
+            out.append((f"packages.{name}", None, have.version, rule))
             continue
         flat_want: dict[str, Any] = {}
         flat_have: dict[str, Any] = {}

@@ -37,7 +37,7 @@ def emit_report(report: Any, *, as_json: bool, quiet: bool, title: str = "verify
 def run_verify(options: argparse.Namespace | Any) -> int:
     """Run verify with parsed options; the exit code: 0 match, 1 mismatch (errors raise)."""
     from envlock.facts import load_facts
-    from envlock.verify import verify
+    from envlock.verifying import verify
 
     facts = load_facts(options.facts) if options.facts else None
     report = verify(options.lock, fast=options.fast, deep=options.deep, facts=facts,

@@ -164,62 +164,51 @@ def _toml_value(value: Any) -> Any:
 
 #: Tables whose entries are records, written one record per line as inline tables.
 INLINE_MAPS = frozenset({"packages", "floats.env", "policy.rules"})
-
-
-def _table(data: dict[str, Any], where: str = "") -> Any:
-    import tomlkit
-
-    table = tomlkit.table()
-    for key, value in data.items():
-        place = f"{where}.{key}" if where else key
-        if isinstance(value, dict) and place in INLINE_MAPS:
-            inline = tomlkit.table()
-            for name, record in value.items():
-                inline[name] = _toml_value(record)
-            table[key] = inline
-        elif isinstance(value, dict):
-            table[key] = _table(value, place)
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            array = tomlkit.array()
-            for item in value:
-                array.append(_toml_value(item))
-            array.multiline(True)
-            table[key] = array
-        else:
-            table[key] = _toml_value(value)
-    return table
-
-
-def _policy_table(policy: dict[str, Any]) -> Any:
-    import tomlkit
-
-    table = tomlkit.table()
-    table.add(tomlkit.comment(POLICY_COMMENT))
-    for key, value in policy.items():
-        if key == "rules":
-            rules = tomlkit.table()
-            for path, rule in value.items():
-                rules[path] = _toml_value(rule)
-            table["rules"] = rules
-        else:
-            table[key] = value
-    return table
-
-
 ORDER = ("lock", "policy", "python", "packages", "floats", "targets")
 
 
-def _render(key: str, value: Any) -> Any:
+def _render_at(place: str, value: Any, parent: str = "") -> Any:
+    """The tomlkit item for `value` at `place` (inside `parent`): tables, one-line records, record arrays."""
     import tomlkit
 
-    if key == "packages":
+    if place == "policy":
         table = tomlkit.table()
-        for name, package in value.items():
-            table[name] = _toml_value(package)
+        table.add(tomlkit.comment(POLICY_COMMENT))
+        for key, item in value.items():
+            table[key] = _render_at(f"policy.{key}", item, "policy")
         return table
-    if key == "policy":
-        return _policy_table(value)
-    return _table(value, key)
+    if isinstance(value, dict) and parent in INLINE_MAPS:
+        return _toml_value(value)
+    if isinstance(value, dict):
+        table = tomlkit.table()
+        for key, item in value.items():
+            table[key] = _render_at(f"{place}.{key}", item, place)
+        return table
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        array = tomlkit.array()
+        for item in value:
+            array.append(_toml_value(item))
+        array.multiline(True)
+        return array
+    return _toml_value(value)
+
+
+def _merge(container: Any, data: dict[str, Any], where: str) -> None:
+    """Update a parsed table in place: tables recurse, so comments inside and between them stay."""
+    from tomlkit.items import InlineTable, Table
+
+    for key in list(container.keys()):
+        if key not in data:
+            del container[key]
+    for key, value in data.items():
+        place = f"{where}.{key}"
+        existing = container.get(key) if key in container else None
+        if isinstance(value, dict) and isinstance(existing, Table) and not isinstance(existing, InlineTable):
+            _merge(existing, value, place)
+        elif existing is not None and (existing.unwrap() if hasattr(existing, "unwrap") else existing) == value:
+            continue
+        else:
+            container[key] = _render_at(place, value, where)
 
 
 def dumps(lock: Lock, *, name: str = "envlock.lock", previous: str | None = None) -> str:
@@ -227,21 +216,34 @@ def dumps(lock: Lock, *, name: str = "envlock.lock", previous: str | None = None
     import tomlkit
 
     data = to_dict(lock)
-    if previous is not None:
-        doc = tomlkit.parse(previous)
-        for key in list(doc.keys()):
-            if key not in data:
-                del doc[key]
-    else:
+    if previous is None:
         doc = tomlkit.document()
         for line in HEADER.format(name=name).splitlines():
             doc.add(tomlkit.comment(line))
         doc.add(tomlkit.nl())
-    for key in ORDER:
-        if key not in data:
-            continue
-        if previous is not None and key == "policy" and "policy" in doc:
-            continue
-        doc[key] = _render(key, data[key])
+        for key in ORDER:
+            if key in data:
+                doc[key] = _render_at(key, data[key])
+    else:
+        try:
+            doc = tomlkit.parse(previous)
+        except Exception as exc:  # tomlkit's errors share no base class; the text already passed tomllib
+            raise LockError(name, f"cannot update this file in place ({exc}); re-capture with --force") from None
+        if "policy" in doc:
+            data = {key: value for key, value in data.items() if key != "policy"}
+            data = {"policy": None, **data}
+        for key in list(doc.keys()):
+            if key not in data:
+                del doc[key]
+        from tomlkit.items import Table
+
+        for key in ORDER:
+            if key not in data or data[key] is None:
+                continue
+            existing = doc.get(key) if key in doc else None
+            if isinstance(existing, Table) and key != "policy":
+                _merge(existing, data[key], key)
+            else:
+                doc[key] = _render_at(key, data[key])
     text = tomlkit.dumps(doc)
     return text if text.endswith("\n") else text + "\n"

@@ -18,9 +18,9 @@ from typing import Any, Literal, Union
 SCHEMA_VERSION = "1.0"
 
 # Grammars (matched in full). Kept as plain regex text so the JSON Schema can carry them too.
-SAFE_TEXT = r"[^\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]{0,1024}"
+SAFE_TEXT = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{0,1024}"
 NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?"
-CANONICAL_NAME = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+CANONICAL_NAME = r"(?=[a-z0-9-]{1,128}(?![\s\S]))[a-z0-9]+(?:-[a-z0-9]+)*"
 VERSION = r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,127}"
 SHA256 = r"sha256:[0-9a-f]{64}"
 TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
@@ -28,7 +28,7 @@ SCHEMA = r"[0-9]{1,3}\.[0-9]{1,3}"
 IDENT = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"
 ENV_NAME = r"[A-Z][A-Z0-9_]{0,127}"
 POLICY_KEY = r"[A-Za-z0-9_*+.:-]{1,256}"
-URL = r"[^\s\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]{1,2048}"
+URL = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{1,2048}"
 COMMIT = r"[0-9a-f]{7,64}"
 
 Severity = Literal["error", "warn"]

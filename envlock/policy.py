@@ -48,12 +48,22 @@ def _matches(pattern: str, path: str) -> bool:
     return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=False))
 
 
-def rule_for(policy: Policy, path: str) -> Rule:
-    """The rule that governs `path`: the most specific matching pattern, else exact/error."""
+def subsumes(general: str, specific: str) -> bool:
+    """Whether every path `specific` matches is also matched by `general` (`platform.*` ⊇ `platform.system`)."""
+    return _matches(general, specific.replace("*", "\0")) or general == specific
+
+
+def explicit_rule(policy: Policy, path: str) -> Rule | None:
+    """The most specific rule whose pattern matches `path`, or None when no pattern does."""
     best: tuple[tuple[int, int], Rule] | None = None
     for pattern, rule in policy.rules.items():
         if _matches(pattern, path):
             score = _specificity(pattern)
             if best is None or score > best[0]:
                 best = (score, rule)
-    return best[1] if best else Rule(rule="exact", severity="error")
+    return best[1] if best else None
+
+
+def rule_for(policy: Policy, path: str) -> Rule:
+    """The rule that governs `path`: the most specific matching pattern, else exact/error."""
+    return explicit_rule(policy, path) or Rule(rule="exact", severity="error")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from envlock.verify import Report
+from envlock.verifying import Report
 
 
 def _clip(text: str, width: int) -> str:

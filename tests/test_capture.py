@@ -273,8 +273,6 @@ def test_recapture_keeps_comments_and_hand_edited_policy(locked: Path, cli: Any,
     assert without_created(locked.read_bytes()) == without_created(before)
 
 
-@pytest.mark.xfail(reason="lockfile.dumps rebuilds every table but [policy], and tomlkit attaches a comment line "
-                          "to the table above it, so notes between other sections (or after the last) are dropped")
 def test_recapture_keeps_comment_lines_between_other_sections(locked: Path, cli: Any, facts_file: Path) -> None:
     text = locked.read_text(encoding="utf-8")
     text = text.replace("\n[policy]\n", "\n# NOTE-BEFORE-POLICY\n[policy]\n")
@@ -491,12 +489,6 @@ def test_python_api_capture_in_a_fresh_process(tmp_path: Path, facts_file: Path)
     assert out.stdout == f"{tmp_path / 'api.lock'} False {len(lock.packages)}\n"
 
 
-@pytest.mark.xfail(
-    reason="BUG in envlock/__init__.py: importing the submodule envlock.capture (done by envlock.capture() itself "
-           "and by the CLI) rebinds the package attribute `capture` to the module, so a second call raises "
-           "TypeError: 'module' object is not callable",
-    raises=TypeError,
-)
 def test_python_api_capture(tmp_path: Path, machine_facts: dict[str, Any]) -> None:
     import envlock
 
@@ -516,7 +508,7 @@ def test_python_api_capture(tmp_path: Path, machine_facts: dict[str, Any]) -> No
 
 def test_capture_core_raises_envlock_error_not_exit(tmp_path: Path, machine_facts: dict[str, Any]) -> None:
     from envlock import EnvlockError, FactsError
-    from envlock.capture import capture
+    from envlock.capturing import capture
 
     machine_facts["cpu"]["logical_cores"] = "two"
     with pytest.raises(FactsError, match=r"^x\.json: cpu\.logical_cores: ") as info:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from envlock.capture import build_lock
+from envlock.capturing import build_lock
 from envlock.facts import load_facts
 from envlock.lockfile import dumps, loads
 

@@ -15,7 +15,7 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envlock.capture import build_lock
+from envlock.capturing import build_lock
 from envlock.lockfile import MAX_LOCK_BYTES, content_hash, dumps, load, loads
 from envlock.model import Lock
 
@@ -414,11 +414,7 @@ HOSTILE_NAMES = [
     "torch @ https://evil/x.whl",
     "../../x",
     "",
-    pytest.param(
-        "a" * 300,
-        marks=pytest.mark.xfail(reason="CANONICAL_NAME has no length bound; fixing it changes schemas/", strict=True),
-        id="300-chars",
-    ),
+    pytest.param("a" * 300, id="300-chars"),
     "t\u043erch",  # Cyrillic o
     "torch\u202e",
     "tor\u0000ch",
@@ -699,18 +695,13 @@ def test_loads_refuses_what_load_refuses(text: str) -> None:
     assert str(info.value) == "api.lock: lock.schema: '1.\u00b2' is not a schema version"
 
 
-GRAMMAR_GAP = pytest.mark.xfail(
-    reason="SAFE_TEXT/URL let C1 controls and U+2028/U+2029 through; fixing it changes schemas/", strict=True
-)
-
-
 @pytest.mark.parametrize(
     "value",
     [
-        pytest.param("6.1\x85RUN id", marks=GRAMMAR_GAP, id="NEL"),
-        pytest.param("6.1\u2028RUN id", marks=GRAMMAR_GAP, id="LINE-SEPARATOR"),
-        pytest.param("6.1\u2029RUN id", marks=GRAMMAR_GAP, id="PARAGRAPH-SEPARATOR"),
-        pytest.param("6.1\x9b2J", marks=GRAMMAR_GAP, id="C1-CSI"),
+        pytest.param("6.1\x85RUN id", id="NEL"),
+        pytest.param("6.1\u2028RUN id", id="LINE-SEPARATOR"),
+        pytest.param("6.1\u2029RUN id", id="PARAGRAPH-SEPARATOR"),
+        pytest.param("6.1\x9b2J", id="C1-CSI"),
         pytest.param("6.1\x1b[2J", id="ESC"),
         pytest.param("6.1\rRUN id", id="CR"),
     ],

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from envlock.capture import build_lock
+from envlock.capturing import build_lock
 from envlock.model import ModelError
 from envlock.probes.blas import library_owner, parse_blas, parse_torch_blas
 from envlock.probes.cpu import NUMERIC_FLAGS, _first_cpuinfo_block, collect_cpu, parse_cpu
@@ -288,7 +288,7 @@ def test_parse_floats_and_threads_on_the_real_devbox() -> None:
     assert floats.torch.version == "2.13.0+cpu"
     assert (floats.torch.matmul_allow_tf32, floats.torch.float32_matmul_precision) == (False, "highest")
     assert (floats.torch.flush_denormal, floats.torch.default_dtype) == (False, "float32")
-    assert floats.torch.mkldnn_matmul_fp32_precision == "none"
+    assert floats.torch.mkldnn_matmul_fp32_precision == "ieee"  # torch says "none" (inherit): resolved
     threads = parse_threads(raw["torch"])
     assert threads is not None and (threads.torch_intraop, threads.torch_interop) == (2, 2)
     assert parse_threads(None) is None

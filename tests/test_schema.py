@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from envlock.capture import build_lock
+from envlock.capturing import build_lock
 from envlock.lockfile import dumps
 from envlock.model import Lock, ModelError, from_dict, json_schema
 from envlock.schema import SCHEMA_FILE, schema_text, validate_with_jsonschema

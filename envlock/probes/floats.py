@@ -45,6 +45,13 @@ TORCH_FLAGS: dict[str, Callable[[Any], Any]] = {
     "flush_denormal": lambda t: (t.tensor([2.0**-126], dtype=t.float32) * 0.5).item() == 0.0,
 }
 
+# Parents of the fp32_precision settings (torch >= 2.9): "none" in a child means "as the parent says".
+TORCH_PARENTS: dict[str, Callable[[Any], Any]] = {
+    "fp32_precision": lambda t: t.backends.fp32_precision,
+    "cudnn_fp32_precision": lambda t: t.backends.cudnn.fp32_precision,
+    "mkldnn_fp32_precision": lambda t: t.backends.mkldnn.fp32_precision,
+}
+
 
 def collect_env() -> dict[str, str]:
     """The numerics-relevant environment variables that are set, with their values."""
@@ -64,7 +71,7 @@ def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
     raw: dict[str, Any] = {"version": str(torch.__version__)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for key, read in TORCH_FLAGS.items():
+        for key, read in {**TORCH_FLAGS, **TORCH_PARENTS}.items():
             try:
                 value = read(torch)
             except (AttributeError, RuntimeError, TypeError):
@@ -86,8 +93,41 @@ def parse_floats(env: Any, torch: Any) -> Floats:
     torch_floats = None
     if torch is not None:
         fields = {key: get(torch, key, (bool, str), "torch") for key in TORCH_FLAGS if key in torch}
+        fields.update(effective_precisions(torch, fields))
         torch_floats = TorchFloats(version=get(torch, "version", str, "torch"), **fields)
     return Floats(env=variables, torch=torch_floats)
+
+
+def effective_precisions(torch: dict[str, Any], fields: dict[str, Any]) -> dict[str, str]:
+    """The fp32 precision each backend really uses, with torch's "none" (inherit) resolved.
+
+    torch >= 2.9 reports "none" until a legacy flag such as `allow_tf32` is assigned, after which it reports
+    "ieee" or "tf32" for the same behaviour; resolving both spellings keeps a job that sets the default explicitly
+    from being told it changed something.
+    """
+    def parent(key: str) -> str:
+        value = get(torch, key, str, "torch", "none")
+        return str(value)
+
+    def resolve(own: str, chain: tuple[str, ...], legacy: str) -> str:
+        for value in (own, *(parent(k) for k in chain)):
+            if value != "none":
+                return value
+        return legacy
+
+    out = {}
+    if "matmul_fp32_precision" in fields:
+        out["matmul_fp32_precision"] = resolve(
+            str(fields["matmul_fp32_precision"]), ("fp32_precision",),
+            "tf32" if fields.get("matmul_allow_tf32") is True else "ieee")
+    if "cudnn_conv_fp32_precision" in fields:
+        out["cudnn_conv_fp32_precision"] = resolve(
+            str(fields["cudnn_conv_fp32_precision"]), ("cudnn_fp32_precision", "fp32_precision"),
+            "tf32" if fields.get("cudnn_allow_tf32", True) is True else "ieee")
+    if "mkldnn_matmul_fp32_precision" in fields:
+        out["mkldnn_matmul_fp32_precision"] = resolve(
+            str(fields["mkldnn_matmul_fp32_precision"]), ("mkldnn_fp32_precision", "fp32_precision"), "ieee")
+    return out
 
 
 def parse_threads(torch: Any) -> ThreadsSection | None:

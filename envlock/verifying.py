@@ -133,15 +133,19 @@ def effective_policy(
             missing = extra_policy.missing_packages
         if "extra_packages" in found["policy"]:
             extra = extra_policy.extra_packages
-    for pattern in ignore:
-        rules[_check_pattern(pattern, "--ignore")] = Rule(rule="ignore", severity="warn")
-    for pattern in warn:
-        key = _check_pattern(pattern, "--warn")
-        base = rules.get(key, Rule(rule="exact"))
-        rules[key] = Rule(rule=base.rule if base.rule != "ignore" else "exact", severity="warn")
-    policy = Policy(missing_packages=missing, extra_packages=extra, rules=rules)
-    # --warn/--ignore on a bare package name (`packages.foo`) governs its presence too.
-    return policy
+    # Per-run options win over every file: a pattern also overrides the more specific rules it covers.
+    from envlock.policy import subsumes
+
+    overrides = [(_check_pattern(p, "--ignore"), "ignore") for p in ignore]
+    overrides += [(_check_pattern(p, "--warn"), "warn") for p in warn]
+    for pattern, kind in overrides:
+        for key in [k for k in rules if subsumes(pattern, k)] + [pattern]:
+            base = rules.get(key, Rule(rule="exact"))
+            if kind == "ignore":
+                rules[key] = Rule(rule="ignore", severity="warn")
+            else:
+                rules[key] = Rule(rule=base.rule if base.rule != "ignore" else "exact", severity="warn")
+    return Policy(missing_packages=missing, extra_packages=extra, rules=rules)
 
 
 def _check_pattern(pattern: str, option: str) -> str:
@@ -192,7 +196,7 @@ def verify(
     target: str | None = None,
 ) -> Report:
     """Compare this process (or recorded facts) with the lock; never exits, never prints."""
-    from envlock.capture import build_lock
+    from envlock.capturing import build_lock
     from envlock.lockfile import default_lock_path, load
 
     lock_path = Path(path) if path is not None else default_lock_path()
