@@ -64,7 +64,7 @@ def render_summary(lock: Lock, name: str) -> list[str]:
             f"flush-denormal {_onoff(t.flush_denormal)}, default dtype {t.default_dtype}"
         )
     else:
-        lines.append("torch        not installed")
+        lines.append("torch        not locked (not importable at capture, or captured with --no-torch)")
     set_vars = [f"{k}={v.value}" for k, v in lock.floats.env.items() if v.set]
     unset = [k for k, v in lock.floats.env.items() if not v.set]
     lines.append(f"env          set: {', '.join(set_vars) or 'none'}; unset: {len(unset)} of {len(lock.floats.env)}")
