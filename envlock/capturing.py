@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from envlock._version import __version__
-from envlock.errors import EnvlockError, FactsError, LockError
+from envlock.errors import EnvlockError, FactsError, LockError, UsageError
 from envlock.model import (
     SCHEMA_VERSION,
     Lock,
@@ -35,11 +35,12 @@ def created_now() -> str:
 
 
 def target_name(target: Target) -> str:
-    """A readable name for a hardware target, e.g. `zen4` or `x86_64_v3`."""
+    """A readable name for a hardware target, e.g. `zen4`, or `sapphirerapids-h100-80gb-hbm3x8` with GPUs."""
     name = target.cpu.microarchitecture
-    if target.gpu.count:
-        name = f"{name}-gpu{target.gpu.count}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "-", name) or "default"
+    if target.gpu.devices:
+        gpu = target.gpu.devices[0].name.lower().replace("nvidia ", "").replace("geforce ", "")
+        name = f"{name}-{gpu}x{target.gpu.count}"
+    return re.sub(r"[^a-z0-9_.+-]+", "-", name.lower()).strip("-") or "default"
 
 
 def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: str = "") -> Lock:
@@ -47,6 +48,7 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
     from envlock.lockfile import seal
     from envlock.probes.blas import parse_blas
     from envlock.probes.cpu import parse_cpu
+    from envlock.probes.cuda import parse_cuda
     from envlock.probes.floats import parse_floats, parse_threads
     from envlock.probes.gpu import parse_gpu
     from envlock.probes.packages import parse_packages
@@ -70,6 +72,7 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
         floats=parse_floats(facts.get("env", {}), torch),
         targets={target_name(target): target},
         packages=parse_packages(facts.get("packages")),
+        cuda=parse_cuda(facts.get("cuda")),
         policy=policy or default_policy(),
     )
     # Round-trip through the strict loader: every value the facts gave must fit its grammar.
@@ -84,6 +87,7 @@ class CaptureResult:
     path: Path
     lock: Lock
     kept_policy: bool
+    added_target: str = ""
 
 
 def _previous(path: Path) -> tuple[str | None, Policy | None]:
@@ -115,27 +119,74 @@ def capture(
     facts_name: str = "",
     use_torch: bool = True,
     force: bool = False,
+    add_target: bool = False,
+    init_cuda: bool = False,
 ) -> CaptureResult:
-    """Capture this machine (or the given facts) into a lock at `output`, keeping an old lock's policy and comments."""
+    """Capture this machine (or the given facts) into a lock at `output`, keeping an old lock's policy and comments.
+
+    With `add_target`, the machine becomes one more hardware target of the existing lock, whose software
+    sections it must match.
+    """
     from envlock.atomic import write_atomic
     from envlock.facts import collect_facts
     from envlock.lockfile import dumps
 
     path = Path(output)
+    if add_target and force:
+        raise UsageError("--add-target adds to an existing lock; it cannot be combined with --force")
     previous, policy = (None, None) if force else _previous(path)
+    if add_target and previous is None:
+        raise LockError(str(path), "no lock to add a target to (capture one first, without --add-target)")
     if facts is None:
-        facts = collect_facts(use_torch=use_torch)
+        facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda)
     try:
         lock = build_lock(facts, policy=policy)
     except ModelError as exc:
         if facts_name:
             raise FactsError(facts_name, exc.message, exc.where) from None
         raise EnvlockError(f"this environment holds a value envlock cannot lock: {exc}") from None
+    added = ""
+    if add_target:
+        lock, added = _with_target(path, lock)
     text = dumps(lock, name=path.name, previous=previous)
     write_atomic(path, text)
-    return CaptureResult(path=path, lock=lock, kept_policy=policy is not None)
+    return CaptureResult(path=path, lock=lock, kept_policy=policy is not None, added_target=added)
 
 
-def replace_created(lock: Lock, created: str) -> Lock:
-    """The same lock with another creation time (for comparisons that ignore it)."""
-    return dataclasses.replace(lock, lock=dataclasses.replace(lock.lock, created=created))
+SOFTWARE = ("python", "packages", "cuda", "floats")
+
+
+def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}")
+            if found:
+                return found
+        return None
+    return None if a == b else (where, a, b)
+
+
+def _with_target(path: Path, new: Lock) -> tuple[Lock, str]:
+    """The existing lock at `path` with `new`'s only target added; its software must be the lock's."""
+    from envlock.lockfile import load, seal
+
+    old, _ = load(path)
+    old_data, new_data = to_dict(old), to_dict(new)
+    for section in SOFTWARE:
+        found = _first_difference(old_data.get(section), new_data.get(section), section)
+        if found:
+            where, want, have = found
+            raise LockError(
+                str(path),
+                f"this machine's software differs from the lock's (lock: {want!r}, here: {have!r}); a target "
+                "holds hardware only, so capture targets from the same environment",
+                where,
+            )
+    (name, target), = new.targets.items()
+    targets = dict(old.targets)
+    base, n = name, 2
+    while name in targets and targets[name] != target:
+        name, n = f"{base}-{n}", n + 1
+    targets[name] = target
+    merged = dataclasses.replace(old, targets={k: targets[k] for k in sorted(targets)})
+    return seal(merged, envlock_version=__version__, created=new.lock.created), name

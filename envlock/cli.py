@@ -63,24 +63,28 @@ def _root(
 @handled
 def capture(
     output: Path = typer.Option(Path("envlock.lock"), "-o", "--output", help="Where to write the lock."),
-    facts: Path | None = typer.Option(
-        None, "--facts", help="Build the lock from an `envlock facts` dump instead of this machine."
+    facts: list[Path] = typer.Option(
+        [], "--facts", help="Build the lock from an `envlock facts` dump (or an `nvidia-smi -q -x` report for the "
+        "GPU part) instead of this machine; repeatable."
     ),
     no_torch: bool = typer.Option(False, "--no-torch", help="Do not import torch (its settings are not locked)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing lock even if it cannot be read."),
+    add_target: bool = typer.Option(
+        False, "--add-target", help="Add this machine as another hardware target of the existing lock."
+    ),
 ) -> None:
     """Capture this machine and Python environment into a lock file."""
     from envlock.capturing import capture as run_capture
-    from envlock.facts import load_facts
+    from envlock.facts import load_facts_files
 
-    raw = load_facts(facts) if facts is not None else None
-    result = run_capture(output, facts=raw, facts_name=str(facts or ""), use_torch=not no_torch, force=force)
+    raw = load_facts_files([str(f) for f in facts], use_torch=not no_torch) if facts else None
+    result = run_capture(output, facts=raw, facts_name=", ".join(str(f) for f in facts), use_torch=not no_torch,
+                         force=force, add_target=add_target, init_cuda=True)
     lock = result.lock
     kept = "; kept the existing policy and comments" if result.kept_policy else ""
-    typer.echo(
-        f"wrote {result.path}: {len(lock.packages)} packages, target {', '.join(lock.targets)}, "
-        f"{lock.lock.content_hash[:19]}{kept}"
-    )
+    what = f"added target {result.added_target} (targets: {', '.join(lock.targets)})" if result.added_target else (
+        f"target {', '.join(lock.targets)}")
+    typer.echo(f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}")
 
 
 @app.command()
@@ -88,12 +92,18 @@ def capture(
 def facts(
     output: Path | None = typer.Option(None, "-o", "--output", help="Write to FILE instead of stdout."),
     no_torch: bool = typer.Option(False, "--no-torch", help="Do not import torch."),
+    nvidia_smi: Path | None = typer.Option(
+        None, "--nvidia-smi", help="Take the GPU part from this `nvidia-smi -q -x` report instead of this machine."
+    ),
 ) -> None:
     """Print the raw facts the collectors see, as JSON (for fixtures, or to lock a machine you are not on)."""
     from envlock.atomic import write_atomic
-    from envlock.facts import collect_facts, dumps_facts
+    from envlock.facts import collect_facts, dumps_facts, load_facts
 
-    text = dumps_facts(collect_facts(use_torch=not no_torch))
+    gathered = collect_facts(use_torch=not no_torch, init_cuda=True)
+    if nvidia_smi is not None:
+        gathered["gpu"] = load_facts(nvidia_smi).get("gpu", gathered["gpu"])
+    text = dumps_facts(gathered)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -125,7 +135,9 @@ def verify(
     fast: bool = typer.Option(False, "--fast", help="Skip what needs torch or numpy imported (job-start mode)."),
     deep: bool = typer.Option(False, "--deep", help="Re-hash every installed file and name the modified ones."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON and nothing else on stdout."),
-    facts: Path | None = typer.Option(None, "--facts", help="Verify a recorded machine (`envlock facts` dump)."),
+    facts: list[Path] = typer.Option(
+        [], "--facts", help="Verify a recorded machine (`envlock facts` dump, or an nvidia-smi report); repeatable."
+    ),
     ignore: list[str] = typer.Option([], "--ignore", help="Ignore this dotted path (pattern); repeatable."),
     warn: list[str] = typer.Option([], "--warn", help="Only warn for this dotted path (pattern); repeatable."),
     target: str | None = typer.Option(None, "--target", help="Compare with this target of the lock."),
@@ -175,7 +187,7 @@ def run(
     mode = verify_mode()
     path = apply_lock_env(lock)
     if mode != "off":
-        report = run_verify(path, fast=fast)
+        report = run_verify(path, fast=fast, init_cuda=True)
         if not report.ok or report.warnings:
             for line in render_text(report, title="run"):
                 typer.echo(line, err=True)

@@ -82,6 +82,8 @@ def flatten_software(lock: Lock) -> dict[str, Any]:
         out[f"floats.env.{name}"] = var.value if var.set else UNSET
     if lock.floats.torch is not None:
         _flatten("floats.torch", to_dict(lock.floats.torch), out)
+    if lock.cuda is not None:
+        _flatten("cuda", to_dict(lock.cuda), out)
     return out
 
 
@@ -91,6 +93,7 @@ def flatten_target(target: Target) -> dict[str, Any]:
     data = to_dict(target)
     blas = data.get("blas", {})
     libraries = blas.pop("libraries", [])
+    devices = data.get("gpu", {}).pop("devices", [])
     for section, values in data.items():
         _flatten(section, values, out)
     for lib in libraries:
@@ -98,7 +101,22 @@ def flatten_target(target: Target) -> dict[str, Any]:
         out[f"blas.libraries.{lib_id}"] = "loaded"
         for key, value in lib.items():
             out[f"blas.libraries.{lib_id}.{key}"] = value
+    for device in devices:
+        prefix = f"gpu.devices.{device.pop('index')}"
+        for instance in device.pop("mig_instances", []):
+            name = f"{prefix}.mig_instances.gi{instance.pop('gpu_instance_id')}-ci{instance.pop('compute_instance_id')}"
+            out[name] = "present"
+            for key, value in instance.items():
+                if key != "uuid":
+                    out[f"{name}.{key}"] = value
+        for key, value in device.items():
+            if key not in AUDIT_ONLY:
+                out[f"{prefix}.{key}"] = value
     return out
+
+
+#: Recorded for the audit trail, never compared.
+AUDIT_ONLY = frozenset({"uuid", "serial"})
 
 
 def _version_key(text: str) -> Any:
@@ -134,6 +152,11 @@ def satisfies(rule: Rule, expected: Any, actual: Any) -> bool:
     return bool(expected == actual)
 
 
+def _device_of(path: str) -> str:
+    parts = path.split(".")
+    return ".".join(parts[:3]) if len(parts) > 3 and parts[:2] == ["gpu", "devices"] else ""
+
+
 def _skipped(path: str, skip: Iterable[str]) -> bool:
     return any(path == s or path.startswith(s + ".") for s in skip)
 
@@ -144,8 +167,13 @@ def compare_values(
     """(path, expected, actual, rule) for every path whose values break its rule."""
     skip = tuple(skip)
     out = []
+    devices_want = {_device_of(p) for p in expected} - {""}
+    devices_have = {_device_of(p) for p in actual} - {""}
     for path in sorted(set(expected) | set(actual)):
         if _skipped(path, skip):
+            continue
+        device = _device_of(path)
+        if device and (device not in devices_want or device not in devices_have):
             continue
         want, have = expected.get(path), actual.get(path)
         rule = rule_for(policy, path)
@@ -210,6 +238,7 @@ def compare_locks(
     have_hw = flatten_target(next(iter(actual.targets.values())))
     raw.extend(compare_values(want_hw, have_hw, policy, skip))
 
+    raw.extend(cross_checks(expected, actual, expected.targets[name], policy))
     versions = {f"packages.{n}.version": p.version for n, p in expected.packages.items()}
     context = {**want_soft, **want_hw, **versions}, {**have_soft, **have_hw}
     findings = tuple(
@@ -220,6 +249,33 @@ def compare_locks(
     )
     ordered = tuple(sorted(findings, key=lambda f: (f.severity != "error", f.path)))
     return Comparison(findings=ordered, skipped=skip, target=name, notes=tuple(notes))
+
+
+#: The oldest driver of each CUDA major version (CUDA minor-version compatibility, NVIDIA's compatibility guide).
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+
+
+def cross_checks(expected: Lock, actual: Lock, target: Target, policy: Policy) -> list[tuple[str, Any, Any, Rule]]:
+    """Findings no single field shows: a driver too old for the locked CUDA, a GPU torch has no kernels for."""
+    out: list[tuple[str, Any, Any, Rule]] = []
+    have = next(iter(actual.targets.values())).gpu
+    cuda = expected.cuda
+    if target.gpu.count and have.driver and cuda is not None:
+        major = int(cuda.torch_cuda.split(".")[0])
+        needed = MIN_DRIVER.get(major)
+        if needed and _version_key(have.driver) < _version_key(needed):
+            out.append(("gpu.driver_for_cuda", f">= {needed} (CUDA {major})", have.driver,
+                        rule_for(policy, "gpu.driver_for_cuda")))
+    arch = actual.cuda.arch_list if actual.cuda is not None else ()
+    if arch:
+        from envlock.probes.cuda import kernels_for
+
+        for device in have.devices:
+            if device.compute_capability and not kernels_for(arch, device.compute_capability):
+                path = f"cuda.kernels.{device.index}"
+                sm = "sm_" + device.compute_capability.replace(".", "")
+                out.append((path, f"kernels for {sm}", "none (" + " ".join(arch) + ")", rule_for(policy, path)))
+    return out
 
 
 def _torch_label(lock: Lock) -> str:

@@ -15,7 +15,7 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--deep", action="store_true")
     parser.add_argument("--json", dest="as_json", action="store_true")
-    parser.add_argument("--facts", default=None)
+    parser.add_argument("--facts", action="append", default=[])
     parser.add_argument("--ignore", action="append", default=[])
     parser.add_argument("--warn", action="append", default=[])
     parser.add_argument("--target", default=None)
@@ -36,13 +36,13 @@ def emit_report(report: Any, *, as_json: bool, quiet: bool, title: str = "verify
 
 def run_verify(options: argparse.Namespace | Any) -> int:
     """Run verify with parsed options; the exit code: 0 match, 1 mismatch (errors raise)."""
-    from envlock.facts import load_facts
+    from envlock.facts import load_facts_files
     from envlock.verifying import verify
 
-    facts = load_facts(options.facts) if options.facts else None
-    report = verify(options.lock, fast=options.fast, deep=options.deep, facts=facts,
-                    facts_name=str(options.facts or ""), ignore=options.ignore, warn=options.warn,
-                    target=options.target)
+    paths = [str(p) for p in options.facts or []]
+    facts = load_facts_files(paths) if paths else None
+    report = verify(options.lock, fast=options.fast, deep=options.deep, facts=facts, facts_name=", ".join(paths),
+                    ignore=options.ignore, warn=options.warn, target=options.target, init_cuda=True)
     emit_report(report, as_json=options.as_json, quiet=options.quiet)
     return 0 if report.ok else 1
 

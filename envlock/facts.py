@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from typing import Any
 
@@ -14,10 +15,16 @@ FACTS_FORMAT = 1
 MAX_FACTS_BYTES = 64 * 1024 * 1024
 
 
-def collect_facts(*, use_torch: bool = True) -> dict[str, Any]:
-    """Read this machine and process; `use_torch=False` leaves torch out (and unimported)."""
+def collect_facts(*, use_torch: bool = True, fast: bool = False, init_cuda: bool = False) -> dict[str, Any]:
+    """Read this machine and process.
+
+    `use_torch=False` leaves torch out (and unimported). `fast` imports nothing heavy and runs no subprocess:
+    BLAS and torch facts are read only if the process already loaded them. `init_cuda` lets the CUDA driver be
+    initialised for SM counts: only for a process of envlock's own, never inside a job that may fork.
+    """
     from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
     from envlock.probes.cpu import collect_cpu
+    from envlock.probes.cuda import collect_cuda
     from envlock.probes.floats import collect_env, collect_torch
     from envlock.probes.gpu import collect_gpu
     from envlock.probes.packages import collect_packages
@@ -25,7 +32,7 @@ def collect_facts(*, use_torch: bool = True) -> dict[str, Any]:
     from envlock.probes.python import collect_python
 
     # Importing torch is most of a capture's cost: let it run while the cheap collectors read the machine.
-    modules = NUMERIC_MODULES if use_torch else tuple(m for m in NUMERIC_MODULES if m != "torch")
+    modules = () if fast else NUMERIC_MODULES if use_torch else tuple(m for m in NUMERIC_MODULES if m != "torch")
     failure: list[BaseException] = []
 
     def _load() -> None:
@@ -35,7 +42,8 @@ def collect_facts(*, use_torch: bool = True) -> dict[str, Any]:
             failure.append(exc)
 
     loader = threading.Thread(target=_load, name="envlock-import", daemon=True)
-    loader.start()
+    if modules:
+        loader.start()
     facts: dict[str, Any] = {
         "envlock_facts": FACTS_FORMAT,
         "envlock": __version__,
@@ -44,19 +52,25 @@ def collect_facts(*, use_torch: bool = True) -> dict[str, Any]:
         "platform": collect_platform(),
         "cpu": collect_cpu(),
         "env": collect_env(),
-        "gpu": collect_gpu(),
+        "gpu": collect_gpu(subprocess=not fast, init_cuda=init_cuda),
     }
-    loader.join()
+    if modules:
+        loader.join()
     if failure:
         raise failure[0]
-    facts["blas"] = collect_blas(import_modules=False)
+    if not fast or "numpy" in sys.modules or "torch" in sys.modules:
+        facts["blas"] = collect_blas(import_modules=False)
     if not use_torch:
         # torch may be loaded anyway (a script that imported it): leave its build facts out all the same.
         for key in [key for key in facts["blas"] if key.startswith("torch_")]:
             del facts["blas"][key]
-    torch = collect_torch(import_torch=False) if use_torch else None
+        return facts
+    torch = collect_torch(import_torch=False)
     if torch is not None:
         facts["torch"] = torch
+        cuda = collect_cuda()
+        if cuda is not None:
+            facts["cuda"] = cuda
     return facts
 
 
@@ -77,6 +91,8 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FactsError(name, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FACTS_BYTES:
         raise FactsError(name, "file is too large for a facts dump")
+    if raw.lstrip()[:1] == b"<":
+        return _nvidia_smi_facts(raw, name)
     try:
         facts = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -90,3 +106,34 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
     if facts["envlock_facts"] != FACTS_FORMAT:
         raise FactsError(name, f"facts format {facts['envlock_facts']!r} is not supported", "envlock_facts")
     return facts
+
+
+def _nvidia_smi_facts(raw: bytes, name: str) -> dict[str, Any]:
+    """Partial facts (the GPU part only) from an `nvidia-smi -q -x` report."""
+    from envlock.model import ModelError
+    from envlock.probes.nvsmi import parse_nvidia_smi_xml
+
+    try:
+        gpu = parse_nvidia_smi_xml(raw.decode("utf-8", "replace"), source_name="nvidia-smi")
+    except ModelError as exc:
+        raise FactsError(name, exc.message, exc.where) from None
+    return {"envlock_facts": FACTS_FORMAT, "gpu": gpu, "partial": True}
+
+
+def load_facts_files(paths: list[str], *, use_torch: bool = True) -> dict[str, Any]:
+    """Facts from one or more files: `envlock facts` dumps and `nvidia-smi -q -x` reports (the GPU part).
+
+    Later files override earlier ones section by section; when only GPU reports are given, the other sections
+    are collected from this machine.
+    """
+    loaded = [load_facts(path) for path in paths]
+    whole = [facts for facts in loaded if not facts.get("partial")]
+    merged: dict[str, Any] = {}
+    for facts in whole:
+        merged.update(facts)
+    if not whole:
+        merged = collect_facts(use_torch=use_torch)
+    for facts in loaded:
+        if facts.get("partial"):
+            merged["gpu"] = facts["gpu"]
+    return merged

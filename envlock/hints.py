@@ -107,13 +107,53 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: tuple[d
     if parts[0] == "platform":
         return f"another operating system setup ({parts[1]}): {_show(expected)} at capture, {_show(actual)} now"
     if parts[0] == "gpu":
-        if parts[1] == "count":
-            return f"the lock needs {expected} GPU(s) and {actual} are visible (CUDA_VISIBLE_DEVICES? a CPU node?)"
-        if parts[1] == "driver":
-            return f"NVIDIA driver {_show(actual)} is older than the locked {expected}: upgrade the driver"
+        return _gpu_hint(parts, expected, actual, want, have)
+    if parts[0] == "cuda":
+        return _cuda_hint(parts, expected, actual)
     if rule.rule == "min":
         return f"needs at least {expected}, found {_show(actual)}"
     return ""
+
+
+def _gpu_hint(parts: list[str], expected: Any, actual: Any, want: dict[str, Any], have: dict[str, Any]) -> str:
+    field = parts[-1]
+    if parts[1] == "count":
+        if not actual:
+            return (f"the lock needs {expected} GPU(s) and none is visible here (a CPU node? CUDA_VISIBLE_DEVICES? "
+                    "the container started without --gpus?)")
+        return f"the lock needs at least {expected} GPU(s) and {actual} are visible (CUDA_VISIBLE_DEVICES?)"
+    if parts[1] == "driver":
+        return f"NVIDIA driver {_show(actual)} is older than the locked {expected}: upgrade it to {expected} or later"
+    if parts[1] == "driver_for_cuda":
+        return f"the locked CUDA needs driver {expected}; this node has {_show(actual)}: upgrade the driver"
+    if parts[1] == "cuda_driver":
+        return f"the driver supports CUDA up to {_show(actual)}; the lock was made with one supporting {expected}"
+    if field == "sm_count" and "mig_instances" not in parts:
+        mig = have.get(".".join([*parts[:3], "mig"]))
+        why = "a MIG slice is not the full GPU" if mig is True else "another SKU of the same architecture?"
+        return (f"different SM count ({expected} → {_show(actual)}; {why}): cuBLAS picks kernels by SM count, "
+                "so matmul results change bits")
+    if field == "compute_capability":
+        return (f"another GPU architecture (compute capability {expected} → {_show(actual)}): no bitwise "
+                "reproducibility across architectures; add this GPU as a target if it is meant to run the job")
+    if field == "mig":
+        return f"MIG mode was {_show(expected)} at capture and is {_show(actual)} now"
+    if "mig_instances" in parts:
+        return f"the MIG layout changed ({'.'.join(parts[3:])}: {_show(expected)} → {_show(actual)})"
+    if field == "name":
+        return f"another GPU model ({expected} → {actual})"
+    return ""
+
+
+def _cuda_hint(parts: list[str], expected: Any, actual: Any) -> str:
+    field = parts[1]
+    if field == "kernels":
+        return (f"this torch carries no kernels for the GPU ({expected}; it has {actual}): expect 'no kernel image "
+                "is available'; install a torch build that includes this architecture")
+    if actual is None:
+        return f"{field} was {expected} at capture and is not loaded now"
+    return (f"the process loads {field} {actual}, the lock has {expected}: reinstall the locked nvidia-* wheels "
+            "and torch build (see [packages]) or re-capture")
 
 
 def _package_hint(parts: list[str], expected: Any, actual: Any, version: str) -> str:

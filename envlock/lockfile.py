@@ -164,7 +164,7 @@ def _toml_value(value: Any) -> Any:
 
 #: Tables whose entries are records, written one record per line as inline tables.
 INLINE_MAPS = frozenset({"packages", "floats.env", "policy.rules"})
-ORDER = ("lock", "policy", "python", "packages", "floats", "targets")
+ORDER = ("lock", "policy", "python", "packages", "cuda", "floats", "targets")
 
 
 def _render_at(place: str, value: Any, parent: str = "") -> Any:

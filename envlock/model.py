@@ -30,6 +30,7 @@ ENV_NAME = r"[A-Z][A-Z0-9_]{0,127}"
 POLICY_KEY = r"[A-Za-z0-9_*+.:-]{1,256}"
 URL = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{1,2048}"
 COMMIT = r"[0-9a-f]{7,64}"
+CAPABILITY = r"[0-9]{1,3}\.[0-9]{1,3}"
 
 Severity = Literal["error", "warn"]
 RuleKind = Literal["exact", "min", "compatible", "ignore"]
@@ -201,12 +202,57 @@ class ThreadsSection:
 
 
 @dataclass(frozen=True)
+class MigInstance:
+    """One MIG instance of a GPU: a slice with its own SM count (a MIG slice is not the full GPU)."""
+
+    gpu_instance_id: int = field()
+    compute_instance_id: int = field()
+    sm_count: int | None = None
+    memory_mib: int | None = None
+    profile: str = grammar(IDENT, default="")
+    uuid: str = grammar(IDENT, default="")
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """One GPU as NVML (or nvidia-smi) reports it; uuid and serial are kept for the audit trail, never compared."""
+
+    index: int = field()
+    name: str = field(metadata={"pattern": SAFE_TEXT})
+    compute_capability: str = grammar(CAPABILITY, default="")
+    sm_count: int | None = None
+    memory_mib: int | None = None
+    mig: bool = False
+    mig_instances: tuple[MigInstance, ...] = ()
+    ecc: bool | None = None
+    persistence: bool | None = None
+    virtualization: str = grammar(IDENT, default="")
+    uuid: str = grammar(IDENT, default="")
+    serial: str = grammar(SAFE_TEXT, default="")
+
+
+@dataclass(frozen=True)
 class GpuSection:
-    """`gpu`: what NVIDIA driver and devices the process can see (an empty section says: none)."""
+    """`gpu`: the NVIDIA driver and the devices the process can see (count = 0 says: none)."""
 
     count: int = 0
     driver: str = grammar(VERSION, default="")
+    cuda_driver: str = grammar(CAPABILITY, default="")
+    source: str = grammar(IDENT, default="")
     status: str = grammar(SAFE_TEXT, default="")
+    devices: tuple[GpuDevice, ...] = ()
+
+
+@dataclass(frozen=True)
+class CudaSection:
+    """`[cuda]`: the CUDA build of torch and the versions the loaded CUDA libraries report."""
+
+    torch_cuda: str = grammar(CAPABILITY)
+    runtime: str = grammar(VERSION, default="")
+    cudnn: str = grammar(VERSION, default="")
+    cublas: str = grammar(VERSION, default="")
+    nccl: str = grammar(VERSION, default="")
+    arch_list: tuple[str, ...] = grammar(IDENT, default=())
 
 
 @dataclass(frozen=True)
@@ -229,6 +275,7 @@ class Lock:
     floats: Floats
     targets: dict[str, Target] = keyed(IDENT)
     packages: dict[str, Package] = keyed(CANONICAL_NAME, default_factory=dict)
+    cuda: CudaSection | None = None
     policy: Policy = field(default_factory=Policy)
 
 

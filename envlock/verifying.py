@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from envlock.compare import Comparison, Finding, compare_locks
-from envlock.errors import EnvlockError, FactsError, LockError, UsageError
+from envlock.errors import EnvironmentUnavailable, EnvlockError, FactsError, LockError, UsageError
 from envlock.model import Lock, ModelError, Policy, Rule, from_dict
+from envlock.probes.gpu import nvml_unavailable
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
 SLOW_SECTIONS = ("floats.torch", "threads", "blas")
@@ -65,36 +65,6 @@ class Report:
             "skipped": list(self.skipped),
             "notes": list(self.notes),
         }
-
-
-def collect_current(*, fast: bool, packages_path: Iterable[str] | None = None) -> dict[str, Any]:
-    """Facts for a verify: `fast` imports nothing heavy and reads BLAS/torch only if the process already loaded them."""
-    from envlock.facts import FACTS_FORMAT
-    from envlock.probes.blas import collect_blas, load_numeric_modules
-    from envlock.probes.cpu import collect_cpu
-    from envlock.probes.floats import collect_env, collect_torch
-    from envlock.probes.gpu import collect_gpu
-    from envlock.probes.packages import collect_packages
-    from envlock.probes.platform import collect_platform
-    from envlock.probes.python import collect_python
-
-    if not fast:
-        load_numeric_modules()
-    facts: dict[str, Any] = {
-        "envlock_facts": FACTS_FORMAT,
-        "python": collect_python(),
-        "packages": collect_packages(packages_path),
-        "platform": collect_platform(),
-        "cpu": collect_cpu(),
-        "env": collect_env(),
-        "gpu": collect_gpu(),
-    }
-    if not fast or "numpy" in sys.modules or "torch" in sys.modules:
-        facts["blas"] = collect_blas(import_modules=False)
-    torch = collect_torch(import_torch=False)
-    if torch is not None:
-        facts["torch"] = torch
-    return facts
 
 
 def load_pyproject_policy(start: Path) -> dict[str, Any] | None:
@@ -194,15 +164,29 @@ def verify(
     ignore: Iterable[str] = (),
     warn: Iterable[str] = (),
     target: str | None = None,
+    init_cuda: bool = False,
 ) -> Report:
-    """Compare this process (or recorded facts) with the lock; never exits, never prints."""
+    """Compare this process (or recorded facts) with the lock; never exits, never prints.
+
+    `init_cuda` lets the CUDA driver be initialised for SM counts: right for envlock's own process (the CLI),
+    wrong inside a job that forks workers later, hence off for the Python API.
+    """
     from envlock.capturing import build_lock
     from envlock.lockfile import default_lock_path, load
 
     lock_path = Path(path) if path is not None else default_lock_path()
     lock, warnings = load(lock_path)
     policy = effective_policy(lock, lock_path=lock_path, ignore=ignore, warn=warn)
-    current_facts = facts if facts is not None else collect_current(fast=fast)
+    if facts is None:
+        from envlock.facts import collect_facts
+
+        current_facts = collect_facts(fast=fast, init_cuda=init_cuda)
+        needs_gpu = any(t.gpu.count for t in lock.targets.values())
+        broken = nvml_unavailable(current_facts.get("gpu"))
+        if needs_gpu and broken:
+            raise EnvironmentUnavailable(f"the lock needs a GPU and the GPUs cannot be examined: {broken}")
+    else:
+        current_facts = facts
     try:
         current = build_lock(current_facts, policy=lock.policy, created=lock.lock.created)
     except ModelError as exc:
