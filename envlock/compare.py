@@ -236,7 +236,13 @@ def compare_locks(
     name, notes = choose_target(expected, actual, policy, skip, target)
     want_hw = flatten_target(expected.targets[name])
     have_hw = flatten_target(next(iter(actual.targets.values())))
-    raw.extend(compare_values(want_hw, have_hw, policy, skip))
+    hardware = compare_values(want_hw, have_hw, policy, skip)
+    raw.extend(hardware)
+    if target is None and len(expected.targets) > 1 and any(
+        r.severity == "error" and r.rule != "ignore" for *_, r in hardware
+    ):
+        listed = ", ".join(sorted(expected.targets))
+        raw.append(("targets", f"one of: {listed}", f"none (nearest: {name})", Rule(rule="exact", severity="error")))
 
     raw.extend(cross_checks(expected, actual, expected.targets[name], policy))
     versions = {f"packages.{n}.version": p.version for n, p in expected.packages.items()}
@@ -312,7 +318,6 @@ def choose_target(
         scored.append((errors, len(mismatches), name))
     scored.sort()
     best = scored[0]
-    note = f"matched target {best[2]}" if best[0] == 0 else (
-        f"no target matches this machine; nearest is {best[2]} ({best[0]} errors)"
-    )
-    return best[2], [note]
+    if best[0] == 0:
+        return best[2], [f"matched target {best[2]} (of {', '.join(sorted(expected.targets))})"]
+    return best[2], [f"no target matches this machine; nearest is {best[2]} ({best[0]} errors)"]

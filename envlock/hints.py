@@ -70,6 +70,10 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: tuple[d
     """The likely cause of one mismatch and how to fix it."""
     want, have = context
     parts = path.split(".")
+    if path == "targets":
+        return (f"this machine matches none of the lock's targets ({str(expected).removeprefix('one of: ')}); the "
+                f"hardware findings compare it with the {str(actual).split('nearest: ')[-1].rstrip(')')} target. "
+                "If it should run the job: envlock capture --add-target")
     if parts[0] == "packages":
         return _package_hint(parts, expected, actual, str(want.get(f"packages.{parts[1]}.version", "VERSION")))
     if path.startswith("floats.env."):
