@@ -46,6 +46,7 @@ def target_name(target: Target) -> str:
 def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: str = "") -> Lock:
     """The lock the given raw facts imply (pure: the same facts always give the same lock)."""
     from envlock.lockfile import seal
+    from envlock.numerics import parse_numerics
     from envlock.probes.blas import parse_blas
     from envlock.probes.cpu import parse_cpu
     from envlock.probes.cuda import parse_cuda
@@ -64,6 +65,7 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
         blas=parse_blas(facts.get("blas", {})),
         gpu=parse_gpu(facts.get("gpu", {})),
         threads=parse_threads(torch),
+        numerics=parse_numerics(facts.get("numerics")),
     )
     lock = Lock(
         lock=LockHeader(schema=SCHEMA_VERSION, envlock=__version__, created=created or created_now(),
@@ -121,6 +123,7 @@ def capture(
     force: bool = False,
     add_target: bool = False,
     init_cuda: bool = False,
+    numerics: bool = True,
 ) -> CaptureResult:
     """Capture this machine (or the given facts) into a lock at `output`, keeping an old lock's policy and comments.
 
@@ -138,7 +141,8 @@ def capture(
     if add_target and previous is None:
         raise LockError(str(path), "no lock to add a target to (capture one first, without --add-target)")
     if facts is None:
-        facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda)
+        shapes = policy.probe_shapes if policy is not None else ()
+        facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes)
     try:
         lock = build_lock(facts, policy=policy)
     except ModelError as exc:

@@ -72,6 +72,7 @@ def capture(
     add_target: bool = typer.Option(
         False, "--add-target", help="Add this machine as another hardware target of the existing lock."
     ),
+    no_numerics: bool = typer.Option(False, "--no-numerics", help="Do not run the numerics probe."),
 ) -> None:
     """Capture this machine and Python environment into a lock file."""
     from envlock.capturing import capture as run_capture
@@ -79,7 +80,7 @@ def capture(
 
     raw = load_facts_files([str(f) for f in facts], use_torch=not no_torch) if facts else None
     result = run_capture(output, facts=raw, facts_name=", ".join(str(f) for f in facts), use_torch=not no_torch,
-                         force=force, add_target=add_target, init_cuda=True)
+                         force=force, add_target=add_target, init_cuda=True, numerics=not no_numerics)
     lock = result.lock
     kept = "; kept the existing policy and comments" if result.kept_policy else ""
     what = f"added target {result.added_target} (targets: {', '.join(lock.targets)})" if result.added_target else (
@@ -95,12 +96,13 @@ def facts(
     nvidia_smi: Path | None = typer.Option(
         None, "--nvidia-smi", help="Take the GPU part from this `nvidia-smi -q -x` report instead of this machine."
     ),
+    no_numerics: bool = typer.Option(False, "--no-numerics", help="Do not run the numerics probe."),
 ) -> None:
     """Print the raw facts the collectors see, as JSON (for fixtures, or to lock a machine you are not on)."""
     from envlock.atomic import write_atomic
     from envlock.facts import collect_facts, dumps_facts, load_facts
 
-    gathered = collect_facts(use_torch=not no_torch, init_cuda=True)
+    gathered = collect_facts(use_torch=not no_torch, init_cuda=True, numerics=not no_numerics)
     if nvidia_smi is not None:
         gathered["gpu"] = load_facts(nvidia_smi).get("gpu", gathered["gpu"])
     text = dumps_facts(gathered)

@@ -94,6 +94,7 @@ def flatten_target(target: Target) -> dict[str, Any]:
     blas = data.get("blas", {})
     libraries = blas.pop("libraries", [])
     devices = data.get("gpu", {}).pop("devices", [])
+    data.pop("numerics", None)  # compared kernel by kernel, see envlock.numerics
     for section, values in data.items():
         _flatten(section, values, out)
     for lib in libraries:
@@ -136,6 +137,8 @@ def satisfies(rule: Rule, expected: Any, actual: Any) -> bool:
     """Whether `actual` passes `rule` against `expected`."""
     if rule.rule == "ignore":
         return True
+    if rule.rule == "min" and expected is None:
+        return True  # the lock asks for nothing here: anything is at least that
     if rule.rule == "exact" or expected is None or actual is None:
         return bool(expected == actual)
     if isinstance(expected, (list, tuple)) or isinstance(actual, (list, tuple)):
@@ -218,10 +221,12 @@ def compare_locks(
     policy: Policy | None = None,
     skip: Iterable[str] = (),
     target: str | None = None,
+    numerics_errors: dict[str, str] | None = None,
 ) -> Comparison:
     """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy."""
     from envlock.hints import hint_for
 
+    numerics_errors = numerics_errors or {}
     policy = policy or expected.policy
     skip = tuple(skip)
     raw: list[tuple[str, Any, Any, Rule]] = []
@@ -253,6 +258,12 @@ def compare_locks(
         for path, w, h, rule in raw
         if rule.rule != "ignore"
     )
+    want_numerics = expected.targets[name].numerics
+    have_numerics = next(iter(actual.targets.values())).numerics
+    if want_numerics is not None and have_numerics is not None and "numerics" not in skip:
+        from envlock.numerics import compare_numerics
+
+        findings += tuple(compare_numerics(want_numerics, have_numerics, numerics_errors, policy, context))
     ordered = tuple(sorted(findings, key=lambda f: (f.severity != "error", f.path)))
     return Comparison(findings=ordered, skipped=skip, target=name, notes=tuple(notes))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import sys
@@ -15,12 +16,20 @@ FACTS_FORMAT = 1
 MAX_FACTS_BYTES = 64 * 1024 * 1024
 
 
-def collect_facts(*, use_torch: bool = True, fast: bool = False, init_cuda: bool = False) -> dict[str, Any]:
+def collect_facts(
+    *,
+    use_torch: bool = True,
+    fast: bool = False,
+    init_cuda: bool = False,
+    numerics: bool = False,
+    probe_shapes: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Read this machine and process.
 
     `use_torch=False` leaves torch out (and unimported). `fast` imports nothing heavy and runs no subprocess:
     BLAS and torch facts are read only if the process already loaded them. `init_cuda` lets the CUDA driver be
     initialised for SM counts: only for a process of envlock's own, never inside a job that may fork.
+    `numerics` runs the probe (its default kernel set plus `probe_shapes`) on what the process has loaded.
     """
     from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
     from envlock.probes.cpu import collect_cpu
@@ -71,7 +80,25 @@ def collect_facts(*, use_torch: bool = True, fast: bool = False, init_cuda: bool
         cuda = collect_cuda()
         if cuda is not None:
             facts["cuda"] = cuda
+    if numerics and not fast:
+        facts["numerics"] = run_default_probe(probe_shapes)
     return facts
+
+
+def run_default_probe(probe_shapes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Raw facts of the probe's default kernel set for what this process has loaded."""
+    from envlock.numerics import collect_numerics, default_kernels
+
+    torch = sys.modules.get("torch")
+    devices = 0
+    if torch is not None:
+        try:
+            devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except RuntimeError:
+            devices = 0
+    specs = default_kernels(numpy="numpy" in sys.modules, torch=torch is not None, cuda_devices=devices,
+                            extra_shapes=probe_shapes)
+    return collect_numerics(specs)
 
 
 def dumps_facts(facts: dict[str, Any]) -> str:
@@ -91,6 +118,7 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FactsError(name, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FACTS_BYTES:
         raise FactsError(name, "file is too large for a facts dump")
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # as Windows tools save UTF-8
     if raw.lstrip()[:1] == b"<":
         return _nvidia_smi_facts(raw, name)
     try:
@@ -123,8 +151,8 @@ def _nvidia_smi_facts(raw: bytes, name: str) -> dict[str, Any]:
 def load_facts_files(paths: list[str], *, use_torch: bool = True) -> dict[str, Any]:
     """Facts from one or more files: `envlock facts` dumps and `nvidia-smi -q -x` reports (the GPU part).
 
-    Later files override earlier ones section by section; when only GPU reports are given, the other sections
-    are collected from this machine.
+    Later dumps override earlier ones section by section, and a GPU report's GPU part overrides any dump's;
+    when only GPU reports are given, the other sections are collected from this machine.
     """
     loaded = [load_facts(path) for path in paths]
     whole = [facts for facts in loaded if not facts.get("partial")]

@@ -126,6 +126,8 @@ def _gpu_hint(parts: list[str], expected: Any, actual: Any, want: dict[str, Any]
             return (f"the lock needs {expected} GPU(s) and none is visible here (a CPU node? CUDA_VISIBLE_DEVICES? "
                     "the container started without --gpus?)")
         return f"the lock needs at least {expected} GPU(s) and {actual} are visible (CUDA_VISIBLE_DEVICES?)"
+    if parts[1] in ("driver", "driver_for_cuda", "cuda_driver") and actual is None:
+        return f"no NVIDIA driver is loaded here; the lock needs driver {expected} or later (a CPU node?)"
     if parts[1] == "driver":
         return f"NVIDIA driver {_show(actual)} is older than the locked {expected}: upgrade it to {expected} or later"
     if parts[1] == "driver_for_cuda":
@@ -191,7 +193,9 @@ def _blas_hint(parts: list[str], expected: Any, actual: Any, want: dict[str, Any
         return f"BLAS kernel changed {expected} → {actual} ({why}): matmul results change bits"
     if field == "num_threads":
         causes = _env_changes(want, have, THREAD_VARS)
-        why = "; ".join(causes) if causes else "threadpoolctl limits in code, or another core count"
+        in_code = "torch.set_num_threads in code" if "openmp" in parts[2] and parts[2].startswith("torch") else (
+            "threadpoolctl limits in code")
+        why = "; ".join(causes) if causes else f"{in_code}, or another core count"
         return f"BLAS thread count changed {expected} → {actual} ({why}): results split per thread change bits"
     if field == "version":
         return f"another BLAS version ({expected} → {actual}): reinstall the locked package that ships it"

@@ -31,6 +31,9 @@ POLICY_KEY = r"[A-Za-z0-9_*+.:-]{1,256}"
 URL = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{1,2048}"
 COMMIT = r"[0-9a-f]{7,64}"
 CAPABILITY = r"[0-9]{1,3}\.[0-9]{1,3}"
+DEVICE = r"cpu|cuda:[0-9]{1,3}"
+SHAPE = r"[0-9]{1,9}x[0-9]{1,5}x[0-9]{1,5}"
+HEXBITS = r"[0-9a-f]{4,16}"
 
 Severity = Literal["error", "warn"]
 RuleKind = Literal["exact", "min", "compatible", "ignore"]
@@ -78,6 +81,7 @@ class Policy:
 
     missing_packages: Severity = "error"
     extra_packages: Severity = "warn"
+    probe_shapes: tuple[str, ...] = grammar(SHAPE, default=())
     rules: dict[str, Rule] = keyed(POLICY_KEY, default_factory=dict)
 
 
@@ -256,6 +260,33 @@ class CudaSection:
 
 
 @dataclass(frozen=True)
+class KernelResult:
+    """One probe kernel: what ran (enough to replay it) and the bits it gave."""
+
+    op: str = field(metadata={"pattern": IDENT})
+    library: str = field(metadata={"pattern": IDENT})
+    device: str = field(metadata={"pattern": DEVICE})
+    dtype: str = field(metadata={"pattern": IDENT})
+    shape: str = field(metadata={"pattern": SHAPE})
+    input_sha256: str = field(metadata={"pattern": SHA256})
+    output_sha256: str = field(metadata={"pattern": SHA256})
+    threads: int = 0
+    samples: tuple[str, ...] = grammar(HEXBITS, default=())
+    error_class: str = grammar(IDENT, default="")
+    canary: str = grammar(SAFE_TEXT, default="")
+    repeat_equal: bool = True
+
+
+@dataclass(frozen=True)
+class NumericsSection:
+    """`numerics`: the probe's results on this target, keyed by kernel id."""
+
+    probe: str = grammar(IDENT)
+    generator: str = grammar(IDENT)
+    kernels: dict[str, KernelResult] = keyed(IDENT, default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Target:
     """One hardware target: the machine-dependent facts of a lock."""
 
@@ -264,6 +295,7 @@ class Target:
     blas: BlasSection
     gpu: GpuSection
     threads: ThreadsSection | None = None
+    numerics: NumericsSection | None = None
 
 
 @dataclass(frozen=True)

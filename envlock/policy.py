@@ -46,6 +46,7 @@ DEFAULT_RULES: dict[str, tuple[str, str]] = {
     "cuda.*": ("exact", "error"),
     "cuda.arch_list": ("exact", "warn"),
     "cuda.kernels.*": ("exact", "error"),
+    "numerics.*": ("exact", "error"),
 }
 
 

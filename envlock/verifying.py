@@ -15,7 +15,7 @@ from envlock.model import Lock, ModelError, Policy, Rule, from_dict
 from envlock.probes.gpu import nvml_unavailable
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
-SLOW_SECTIONS = ("floats.torch", "threads", "blas")
+SLOW_SECTIONS = ("floats.torch", "threads", "blas", "cuda", "numerics")
 
 
 class EnvMismatchError(EnvlockError):
@@ -196,7 +196,13 @@ def verify(
     skip: list[str] = []
     if fast and facts is None:
         skip.extend(s for s in SLOW_SECTIONS if not _loaded_for(s, current_facts))
-    comparison: Comparison = compare_locks(lock, current, policy=policy, skip=skip, target=target)
+    errors: dict[str, str] = {}
+    if facts is None and not fast:
+        current, errors = _with_probe(lock, current, current_facts, policy, target)
+    elif facts is None or "numerics" not in current_facts:
+        skip.append("numerics")
+    comparison: Comparison = compare_locks(lock, current, policy=policy, skip=skip, target=target,
+                                           numerics_errors=errors)
     findings = list(comparison.findings)
     if deep and facts is None:
         already = {f.path for f in findings}
@@ -209,6 +215,22 @@ def verify(
         skipped=tuple(skip),
         notes=tuple(warnings) + comparison.notes,
     )
+
+
+def _with_probe(lock: Lock, current: Lock, facts: dict[str, Any], policy: Policy,
+                target: str | None) -> tuple[Lock, dict[str, str]]:
+    """The current lock with the probe's results: the kernels the chosen target recorded, replayed here."""
+    from envlock.capturing import build_lock
+    from envlock.compare import choose_target
+    from envlock.numerics import collect_numerics, specs_from_lock
+
+    name, _ = choose_target(lock, current, policy, (), target)
+    recorded = lock.targets[name].numerics
+    if recorded is None or not recorded.kernels:
+        return current, {}
+    raw = collect_numerics(specs_from_lock(recorded.kernels))
+    errors = {key: str(item["error"]) for key, item in raw["kernels"].items() if "error" in item}
+    return build_lock({**facts, "numerics": raw}, policy=lock.policy, created=lock.lock.created), errors
 
 
 def _loaded_for(section: str, facts: dict[str, Any]) -> bool:

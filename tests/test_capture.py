@@ -135,7 +135,7 @@ def test_capture_writes_every_section_of_this_machine(tmp_path: Path, cli: Any,
     assert flags["default_dtype"] == "float32"
 
     (name, target), = data["targets"].items()
-    assert set(target) == {"platform", "cpu", "blas", "gpu", "threads"}
+    assert set(target) == {"platform", "cpu", "blas", "gpu", "threads", "numerics"}
     assert target["platform"]["system"] == platform.system()
     assert target["platform"]["machine"] == platform.machine()
     assert target["cpu"]["logical_cores"] == os.cpu_count()

@@ -143,7 +143,11 @@ def kernels_for(arch_list: tuple[str, ...], capability: str) -> str:
             if not arch[-1].isalpha() or int(match.group(2)) == minor:
                 return "sass"
     for arch in arch_list:
-        match = re.fullmatch(r"compute_(\d+)(\d)[a-z]?", arch)
-        if match and (int(match.group(1)), int(match.group(2))) <= (major, minor):
+        match = re.fullmatch(r"compute_(\d+)(\d)([a-z]?)", arch)
+        if not match:
+            continue
+        built = (int(match.group(1)), int(match.group(2)))
+        # PTX JIT-compiles forward, except arch-specific PTX (`compute_90a`), which runs only where it was built for.
+        if (built == (major, minor)) if match.group(3) else (built <= (major, minor)):
             return "ptx"
     return ""
