@@ -199,6 +199,40 @@ def run(
     exec_job(command)
 
 
+@app.command()
+@handled
+def build(
+    lock: Path | None = typer.Argument(None, help="The lock (default ./envlock.lock, then $ENVLOCK_LOCK)."),
+    tag: str | None = typer.Option(None, "--tag", help="The image tag to set when the image verifies."),
+    base: str | None = typer.Option(None, "--base", help="Base image: name@sha256:DIGEST or a local image ID."),
+    context: Path | None = typer.Option(None, "--context", help="Write the build context to DIR; build nothing."),
+    wheelhouse: list[Path] = typer.Option([], "--wheelhouse", help="A folder of wheels to take first; repeatable."),
+    allow_unpinned_base: bool = typer.Option(
+        False, "--allow-unpinned-base", help="Accept a base given by tag alone (it can move under the lock)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not reuse the engine's build cache."),
+) -> None:
+    """Build a container image with exactly the locked packages, then verify the image against the lock."""
+    from envlock.build import build as run_build
+    from envlock.lockfile import default_lock_path
+
+    result = run_build(
+        lock or default_lock_path(), tag=tag, base=base, context_dir=context, wheelhouses=tuple(wheelhouse),
+        allow_unpinned_base=allow_unpinned_base, no_cache=no_cache, echo=lambda line: typer.echo(f"  {line}"),
+    )
+    if result.context_dir:
+        typer.echo(f"wrote the build context to {result.context_dir}: {result.requirements} wheels, "
+                   f"context sha256:{result.context_sha256}")
+        return
+    typer.echo(f"built {result.image_id[:19]} (context sha256:{result.context_sha256[:16]}…)")
+    typer.echo(result.verify_output.rstrip())
+    if result.verify_exit != 0:
+        _err(f"envlock verify failed inside the new image (exit {result.verify_exit}); "
+             f"it was left untagged as {result.image_id[:19]}")
+        raise typer.Exit(1)
+    typer.echo(f"tagged {result.tag}")
+
+
 def main() -> None:
     """Console entry point (see envlock.entry, which keeps `verify` off typer)."""
     from envlock.entry import main as entry_main

@@ -40,6 +40,9 @@ class Report:
     findings: tuple[Finding, ...]
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    #: What was compared (the facts found now, as a lock, and the policy): for fleet fingerprints, not for output.
+    current: Lock | None = field(default=None, repr=False, compare=False)
+    policy: Policy | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -214,6 +217,8 @@ def verify(
         findings=tuple(findings),
         skipped=tuple(skip),
         notes=tuple(warnings) + comparison.notes,
+        current=current,
+        policy=policy,
     )
 
 

@@ -1,0 +1,79 @@
+"""The Dockerfile and requirements file of a build. Pure: only values of closed grammars reach the Dockerfile."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from envlock.errors import LockError
+from envlock.probes.floats import NUMERIC_ENV_VARS
+
+LOCK_PATH = "/etc/envlock/envlock.lock"
+VENV = "/opt/venv"
+INSTALLER = "/opt/envlock-installer"  # pip lives here, in the first stage only: the job's venv holds the lock alone
+_PIP = [f"{INSTALLER}/bin/python", "-m", "pip", "--python", f"{VENV}/bin/python"]
+PIP_INSTALL = json.dumps([*_PIP, "install", "--no-index", "--find-links", "/opt/envlock-build/wheels",
+                          "--require-hashes", "--no-deps", "--only-binary", ":all:",
+                          "-r", "/opt/envlock-build/requirements.txt"])
+PIP_CHECK = json.dumps([*_PIP, "check"])
+_ENV_VALUE = re.compile(r"[A-Za-z0-9:._,+=/-]{0,64}")
+_CANONICAL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,127}")
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One locked distribution as it is installed: a pinned name and the sha256 of the wheel used."""
+
+    name: str
+    version: str
+    wheel: str
+    sha256: str
+
+
+def render_requirements(requirements: list[Requirement]) -> str:
+    """`name==version --hash=sha256:...` lines, sorted; every field checked against its grammar."""
+    lines = []
+    for req in sorted(requirements, key=lambda r: r.name):
+        if not (_CANONICAL.fullmatch(req.name) and _PIN.fullmatch(req.version) and _SHA.fullmatch(req.sha256)):
+            raise LockError("requirements", f"refusing to write a requirement for {req.name!r}", f"packages.{req.name}")
+        lines.append(f"{req.name}=={req.version} --hash=sha256:{req.sha256}\n")
+    return "".join(lines)
+
+
+def lock_env(env: dict[str, tuple[bool, str]], lock_name: str) -> list[tuple[str, str]]:
+    """The numerics env vars to set in the image: the fixed list envlock knows, values of a closed grammar."""
+    out = []
+    for name in NUMERIC_ENV_VARS:
+        is_set, value = env.get(name, (False, ""))
+        if not is_set:
+            continue
+        if not _ENV_VALUE.fullmatch(value):
+            raise LockError(lock_name, f"value {value!r} cannot be set in an image", f"floats.env.{name}")
+        out.append((name, value))
+    return out
+
+
+def render_dockerfile(base: str, env: list[tuple[str, str]], *, lock_sha256: str) -> str:
+    """A two-stage Dockerfile: wheels are installed in the first stage and never reach the final layers."""
+    env_lines = "".join(f"ENV {name}={value}\n" for name, value in env)
+    return f"""\
+FROM {base} AS install
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+COPY wheels/ /opt/envlock-build/wheels/
+COPY requirements.txt /opt/envlock-build/requirements.txt
+RUN ["python3", "-m", "venv", "{INSTALLER}"]
+RUN ["python3", "-m", "venv", "--without-pip", "{VENV}"]
+RUN {PIP_INSTALL}
+RUN {PIP_CHECK}
+
+FROM {base}
+COPY --from=install {VENV} {VENV}
+COPY envlock.lock {LOCK_PATH}
+ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENV ENVLOCK_LOCK={LOCK_PATH} ENVLOCK_LOCK_SHA256={lock_sha256}
+{env_lines}ENTRYPOINT ["{VENV}/bin/envlock", "run", "--"]
+CMD ["/bin/sh"]
+"""
