@@ -251,7 +251,8 @@ def compare_locks(
 
     raw.extend(cross_checks(expected, actual, expected.targets[name], policy))
     versions = {f"packages.{n}.version": p.version for n, p in expected.packages.items()}
-    context = {**want_soft, **want_hw, **versions}, {**have_soft, **have_hw}
+    versions_now = {f"packages.{n}.version": p.version for n, p in actual.packages.items()}
+    context = {**want_soft, **want_hw, **versions}, {**have_soft, **have_hw, **versions_now}
     findings = tuple(
         Finding(path=path, expected=_describe(path, w, True), actual=_describe(path, h, False),
                 severity=rule.severity, hint=hint_for(path, w, h, rule, context))

@@ -85,7 +85,8 @@ def hash_numpy(n: int, seed: int) -> Any:
 
 
 # Mantissa-filling values for each dtype: (shift, bits) -> ((h >> shift) - 2^bits) * 2^-bits, exact in the dtype.
-SENSITIVE_BITS = {"float64": (8, 24), "float32": (7, 24), "float16": (21, 10), "bfloat16": (24, 7)}
+# float64 draws on two hashes (53 bits): see _sensitive_torch.
+SENSITIVE_BITS = {"float64": (10, 53), "float32": (7, 24), "float16": (20, 11), "bfloat16": (23, 8)}
 
 
 #: Inputs made during one probe run, shared by kernels that differ only in thread count (cleared after the run).
@@ -107,7 +108,11 @@ def _sensitive_torch(n: int, seed: int, dtype: str, device: str) -> Any:
     import torch
 
     shift, bits = SENSITIVE_BITS[dtype]
-    ints = (hash_torch(n, seed, device) >> shift) - (1 << bits)
+    raw = hash_torch(n, seed, device)
+    if dtype == "float64":
+        raw = (raw << 22) | (hash_torch(n, seed ^ 0x5BD1E995, device) >> shift)  # 54 bits from two hashes
+        shift = 0
+    ints = (raw >> shift) - (1 << bits)
     return (ints.to(torch.float64) * 2.0**-bits).to(getattr(torch, dtype))
 
 
@@ -538,8 +543,10 @@ def classify(expected: Any, actual: Any, errors: dict[str, str]) -> list[KernelV
 
 
 def _changed(want: dict[str, Any], have: dict[str, Any], path: str) -> str:
+    from envlock.compare import _text
+
     a, b = want.get(path), have.get(path)
-    return "" if a == b else f"{a} → {b}"
+    return "" if a == b else f"{_text(a)} → {_text(b)}"
 
 
 def _moved(verdicts: list[KernelVerdict], predicate: Any) -> bool:
@@ -568,7 +575,8 @@ def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], spec: Any,
     if spec.op in ("identity-mm", "conv1x1") and kind == "precision change":
         bits = re.search(r"bits=(\d+)", verdict.actual)
         kept = int(bits.group(1)) if bits else -1
-        mode = {10: "TF32", 9: "TF32", 7: "bf16", 8: "bf16"}.get(kept, "bf16x3" if 14 <= kept <= 17 else "")
+        # cuBLAS rounds to nearest, so TF32 (10 explicit bits) keeps 10-11 and bf16 (7) keeps 7-8.
+        mode = "TF32" if 9 <= kept <= 11 else "bf16" if 6 <= kept <= 8 else "bf16x3" if 14 <= kept <= 17 else ""
         if spec.op == "conv1x1":
             knob = _changed(want, have, "floats.torch.cudnn_allow_tf32")
             return f"cuDNN fp32 convolutions keep {kept} mantissa bits ({mode or 'reduced precision'})" + (
@@ -600,6 +608,10 @@ def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], spec: Any,
         version = _changed(want, have, "floats.torch.version")
         return ("ATen's CPU kernels changed" + (f" (CPU capability {capability})" if capability else "")
                 + (f" (torch {version})" if version else "") + ": another CPU, ATEN_CPU_CAPABILITY, or torch build")
+    if spec.library == "numpy" and spec.op == "sum":
+        version = _changed(want, have, "packages.numpy.version")
+        return ("numpy's own pairwise summation changed" + (f" (numpy {version})" if version else "")
+                + ": another numpy build or its SIMD dispatch (NPY_DISABLE_CPU_FEATURES)")
     if spec.library == "numpy":
         arch = next((c for p in want if p.endswith(".architecture") and p.startswith("blas.libraries.numpy")
                      and (c := _changed(want, have, p))), "")

@@ -202,7 +202,7 @@ def verify(
     errors: dict[str, str] = {}
     if facts is None and not fast:
         current, errors = _with_probe(lock, current, current_facts, policy, target)
-    elif facts is None or "numerics" not in current_facts:
+    elif (facts is None or "numerics" not in current_facts) and "numerics" not in skip:
         skip.append("numerics")
     comparison: Comparison = compare_locks(lock, current, policy=policy, skip=skip, target=target,
                                            numerics_errors=errors)

@@ -1,0 +1,59 @@
+"""Time the numerics probe (`envlock.facts.run_default_probe`) in this process, on what torch and numpy give it.
+
+Usage: python benchmarks/probe_cost.py [--runs N] [--goal-ms MS]
+torch and numpy are imported first and not timed (a job has them loaded already). The first, cold run is reported
+apart from the median of the warm ones; per-kernel times are those of the last run.
+The goal (the issue's): under 200 ms on this 2-core CPU. Exit status 1 when the warm median is over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="warm runs after the cold one (default 7)")
+    parser.add_argument("--goal-ms", type=float, default=200.0)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    import numpy  # noqa: F401  (loaded before timing, as in a job)
+    import torch
+
+    imports = time.perf_counter() - started
+    from envlock.facts import run_default_probe
+
+    times, raw = [], {}
+    for _ in range(1 + max(1, args.runs)):
+        start = time.perf_counter()
+        raw = run_default_probe()
+        times.append(time.perf_counter() - start)
+    cold, warm = times[0], times[1:]
+    median = statistics.median(warm)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"imports (not timed) {imports * 1000:.0f} ms")
+    print(f"{'probe, first (cold) run':<44} {cold * 1000:8.1f} ms")
+    print(f"{f'probe, median of {len(warm)} warm runs':<44} {median * 1000:8.1f} ms  "
+          f"(min {min(warm) * 1000:.1f}, max {max(warm) * 1000:.1f})")
+    print("per kernel (last run):")
+    kernels = raw.get("kernels", {})
+    for key, item in kernels.items():
+        took = item.get("seconds")
+        shown = f"{took * 1000:8.1f} ms" if isinstance(took, (int, float)) else f"error: {item.get('error', '?')}"
+        print(f"  {key:<44} {shown}")
+    accounted = sum(item.get("seconds", 0.0) for item in kernels.values())
+    print(f"  {'(sum of kernels)':<44} {accounted * 1000:8.1f} ms")
+    verdict = "meets" if median <= args.goal_ms / 1000 else "misses"
+    print(f"goal: under {args.goal_ms:.0f} ms on this {os.cpu_count()}-core CPU: warm median "
+          f"{median * 1000:.1f} ms {verdict} it")
+    return 0 if median <= args.goal_ms / 1000 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
