@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +42,7 @@ from envlock.numerics import (
     sensitive_torch,
 )
 from envlock.policy import default_policy
+from tests.helpers import clean_env, console
 
 BIN = Path(sys.executable).parent
 ENVLOCK = BIN / ("envlock.exe" if os.name == "nt" else "envlock")
@@ -63,20 +63,6 @@ def numerics_paths(findings: Any) -> list[str]:
     return sorted(p for p in by_path(findings) if p.startswith("numerics."))
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment, less anything that would pick another lock or change the numerics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVLOCK_") and k != "PYTHONPATH"}
-    for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "PYTHONHASHSEED", "SOURCE_DATE_EPOCH"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def console(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real console script, in a fresh process."""
-    return subprocess.run([str(ENVLOCK), *map(str, args)], cwd=cwd, env=env if env is not None else clean_env(),
-                          capture_output=True, text=True, timeout=180, check=False)
 
 
 def edit_policy(lock: Path, *, top: str = "", rules: tuple[str, ...] = ()) -> None:

@@ -7,13 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from envlock.capturing import build_lock
 from envlock.facts import load_facts
-from envlock.lockfile import dumps
+from tests.helpers import clean_env, write_lock
 
 pytestmark = pytest.mark.slow
 
@@ -23,23 +21,11 @@ PY = sys.executable
 MARKER_JOB = [PY, "-c", "open('started', 'w').close()"]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment, less anything that would pick another lock or change the numerics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVLOCK_") and k != "PYTHONPATH"}
-    for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "PYTHONHASHSEED", "SOURCE_DATE_EPOCH"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
 
 def envlock(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(ENVLOCK), *map(str, args)], cwd=cwd, env=env if env is not None else clean_env(),
                           capture_output=True, text=True, timeout=180, check=False)
 
-
-def write_lock(facts: dict[str, Any], path: Path) -> Path:
-    path.write_text(dumps(build_lock(facts, created=CREATED), name=path.name), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

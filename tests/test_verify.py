@@ -23,11 +23,10 @@ import envlock
 from envlock import entry
 from envlock.capturing import build_lock
 from envlock.compare import Finding
-from envlock.facts import dumps_facts
-from envlock.lockfile import dumps
 from envlock.probes.packages import collect_packages
 from envlock.verifying import EnvMismatchError, Report, check, deep_findings
 from envlock.verifying import verify as verify_api
+from tests.helpers import clean_env, console, write_facts, write_lock
 
 CREATED = "2024-01-01T00:00:00Z"
 BIN = Path(sys.executable).parent
@@ -44,17 +43,6 @@ class Result(NamedTuple):
     stderr: str
 
 
-def write_lock(facts: dict[str, Any], path: Path) -> Path:
-    """The lock the facts imply, written where a user would keep it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(build_lock(facts, created=CREATED), name=path.name), encoding="utf-8")
-    return path
-
-
-def write_facts(facts: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps_facts(facts), encoding="utf-8")
-    return path
 
 
 def by_path(findings: Any) -> dict[str, Any]:
@@ -66,19 +54,6 @@ def by_path(findings: Any) -> dict[str, Any]:
     return out
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment, less anything that would pick another lock or change the numerics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVLOCK_") and k != "PYTHONPATH"}
-    for name in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "PYTHONHASHSEED", "SOURCE_DATE_EPOCH"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
-def console(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real console script, in a fresh process."""
-    return subprocess.run([str(ENVLOCK), *map(str, args)], cwd=cwd, env=env if env is not None else clean_env(),
-                          capture_output=True, text=True, timeout=180, check=False)
 
 
 @pytest.fixture(params=["typer", "argparse"])
