@@ -144,6 +144,14 @@ def verify(
     warn: list[str] = typer.Option([], "--warn", help="Only warn for this dotted path (pattern); repeatable."),
     target: str | None = typer.Option(None, "--target", help="Compare with this target of the lock."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing when everything matches."),
+    distributed: bool = typer.Option(
+        False, "--distributed", help="Run on every rank (torchrun, srun): the ranks compare fingerprints and rank 0 "
+        "prints one report; every rank exits with the fleet's code (docs/fleet.md)."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", metavar="SECONDS", help="With --distributed: the bound on waiting for the other ranks "
+        "(default $ENVLOCK_FLEET_TIMEOUT, else 60)."
+    ),
 ) -> None:
     """Check this machine and process against the lock; exit 1 on an error-severity mismatch."""
     import argparse
@@ -151,7 +159,7 @@ def verify(
     from envlock.entry import run_verify
 
     options = argparse.Namespace(lock=lock, fast=fast, deep=deep, as_json=as_json, facts=facts, ignore=ignore,
-                                 warn=warn, target=target, quiet=quiet)
+                                 warn=warn, target=target, quiet=quiet, distributed=distributed, timeout=timeout)
     raise typer.Exit(run_verify(options))
 
 

@@ -20,6 +20,8 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warn", action="append", default=[])
     parser.add_argument("--target", default=None)
     parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("--distributed", action="store_true")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
     return parser
 
 
@@ -41,10 +43,33 @@ def run_verify(options: argparse.Namespace | Any) -> int:
 
     paths = [str(p) for p in options.facts or []]
     facts = load_facts_files(paths) if paths else None
+    if getattr(options, "distributed", False):
+        return run_fleet_verify(options, facts, paths)
     report = verify(options.lock, fast=options.fast, deep=options.deep, facts=facts, facts_name=", ".join(paths),
                     ignore=options.ignore, warn=options.warn, target=options.target, init_cuda=True)
     emit_report(report, as_json=options.as_json, quiet=options.quiet)
     return 0 if report.ok else 1
+
+
+def run_fleet_verify(options: argparse.Namespace | Any, facts: Any, paths: list[str]) -> int:
+    """`verify --distributed`: rank 0 prints the fleet's report; another rank prints one line to stderr, only when
+    its own verify failed or no verdict came; every rank returns the fleet's exit code."""
+    from envlock.fleet import render_fleet, render_rank_line, verify_fleet
+
+    report = verify_fleet(options.lock, timeout=options.timeout, fast=options.fast, deep=options.deep, facts=facts,
+                          facts_name=", ".join(paths), ignore=options.ignore, warn=options.warn,
+                          target=options.target, init_cuda=True)
+    if report.rank == 0:
+        if options.as_json:
+            import json
+
+            print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            for line in render_fleet(report, quiet=options.quiet):
+                print(line)
+    elif not report.got_verdict or (report.me is not None and report.me.code != 0):
+        print(render_rank_line(report), file=sys.stderr)
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,13 +52,14 @@ def build(
 
     text = read_text(lock_path)
     lock, _ = load(lock_path)
-    if context_dir is None:
-        if tag is None or base is None:
-            raise UsageError("a build needs --tag and --base (or --context DIR to write the context only)")
-    elif not context_folder_is_usable(context_dir):
+    if base is None:
+        raise UsageError("a build needs --base (the image to start from, pinned by digest or a local image ID)")
+    if context_dir is None and tag is None:
+        raise UsageError("a build needs --tag (or --context DIR to write the context only)")
+    if context_dir is not None and not context_folder_is_usable(context_dir):
         raise UsageError(f"--context {context_dir}: the folder exists and is not empty; give a new or empty one")
     repository, tag_name = check_tag(tag) if tag is not None else ("", "")
-    base_ref = check_base(base, allow_unpinned=allow_unpinned_base) if base is not None else "BASE"
+    base_ref = check_base(base, allow_unpinned=allow_unpinned_base)
     env = lock_env({k: (v.set, v.value) for k, v in lock.floats.env.items()}, str(lock_path))
     for folder in wheelhouses:
         if not folder.is_dir():
@@ -73,8 +74,8 @@ def build(
         "envlock.lock": text.encode("utf-8"),
     }
     wheel_files = {f"wheels/{w.path.name}": w.path for w in wheels}
-    archive, context_sha = pack_context(files, wheel_files)
     if context_dir is not None:
+        archive, context_sha = pack_context(files, wheel_files)
         archive.close()
         write_context(context_dir, files, wheel_files)
         return BuildResult(context_sha256=context_sha, requirements=len(requirements), context_dir=str(context_dir))
@@ -82,28 +83,32 @@ def build(
     from envlock.build.engine import build_image, connect, image_id, python_version, run_in
 
     client = connect()
-    base_id = image_id(client, base_ref)
-    found = python_version(client, base_id)
-    if found != lock.python.version:
-        raise UsageError(
-            f"base image {base_ref} has Python {found}, the lock was captured with {lock.python.version}: "
-            "choose a base with the locked Python"
-        )
-    labels = {
-        "dev.envlock.version": __version__,
-        "dev.envlock.lock.sha256": lock_sha,
-        "dev.envlock.context.sha256": context_sha,
-        "dev.envlock.python": lock.python.version,
-        "org.opencontainers.image.base.name": base_ref,
-        "org.opencontainers.image.base.digest": base_id,
-    }
     try:
-        new_id = build_image(client, archive, labels, echo, no_cache=no_cache)
+        base_id = image_id(client, base_ref)
+        found = python_version(client, base_id)
+        if found != lock.python.version:
+            raise UsageError(
+                f"base image {base_ref} has Python {found}, the lock was captured with {lock.python.version}: "
+                "choose a base with the locked Python"
+            )
+        archive, context_sha = pack_context(files, wheel_files)
+        labels = {
+            "dev.envlock.version": __version__,
+            "dev.envlock.lock.sha256": lock_sha,
+            "dev.envlock.context.sha256": context_sha,
+            "dev.envlock.python": lock.python.version,
+            "org.opencontainers.image.base.name": base_ref,
+            "org.opencontainers.image.base.digest": base_id,
+        }
+        try:
+            new_id = build_image(client, archive, labels, echo, no_cache=no_cache)
+        finally:
+            archive.close()
+        code, output = run_in(client, new_id, ["/opt/venv/bin/envlock", "verify"])
+        if code == 0:
+            client.api.tag(new_id, repository, tag_name)
     finally:
-        archive.close()
-    code, output = run_in(client, new_id, ["/opt/venv/bin/envlock", "verify"])
-    if code == 0:
-        client.api.tag(new_id, repository, tag_name)
+        client.close()
     return BuildResult(
         context_sha256=context_sha, requirements=len(requirements), image_id=new_id,
         tag=f"{repository}:{tag_name}" if code == 0 else "", verify_exit=code, verify_output=output,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -30,15 +32,22 @@ def connect() -> Any:
         from docker.errors import DockerException
     except ImportError:
         raise EnvironmentUnavailable("the docker SDK is not installed (pip install docker)") from None
-    try:
-        client = docker.from_env(version="auto", timeout=120)
-        client.api.ping()
-    except DockerException as exc:
-        raise EnvironmentUnavailable(
-            f"cannot reach the Docker Engine ({_short(exc)}); is dockerd running? check DOCKER_HOST"
-        ) from None
-    except Exception as exc:  # requests' connection errors are not DockerExceptions
-        raise EnvironmentUnavailable(f"cannot reach the Docker Engine ({_short(exc)}); check DOCKER_HOST") from None
+    problem = ""
+    with warnings.catch_warnings():
+        # docker-py leaves the socket of a failed unix-socket connect unclosed (docker/transport/unixconn.py);
+        # it is collected here, inside this block, instead of warning later in the caller.
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            client = docker.from_env(version="auto", timeout=120)
+            client.api.ping()
+        except DockerException as exc:
+            problem = f"cannot reach the Docker Engine ({_short(exc)}); is dockerd running? check DOCKER_HOST"
+        except Exception as exc:  # requests' connection errors are not DockerExceptions
+            problem = f"cannot reach the Docker Engine ({_short(exc)}); check DOCKER_HOST"
+        if problem:
+            gc.collect()
+    if problem:
+        raise EnvironmentUnavailable(problem)
     return client
 
 
@@ -71,7 +80,12 @@ def run_in(client: Any, image: str, command: list[str], *, timeout: float = 600.
 
 def python_version(client: Any, image: str) -> str:
     """The version of `python3` in an image."""
-    code, output = run_in(client, image, ["python3", "-c", "import platform; print(platform.python_version())"])
+    from docker.errors import APIError
+
+    try:
+        code, output = run_in(client, image, ["python3", "-c", "import platform; print(platform.python_version())"])
+    except APIError as exc:  # the engine refuses to start a missing executable
+        code, output = 127, clean(str(exc.explanation or exc))
     if code != 0:
         raise UsageError(f"base image {image} has no working python3 (exit {code}): {output.strip()[:200]}")
     return output.strip().splitlines()[-1]
@@ -128,6 +142,16 @@ def follow(chunks: Iterable[dict[str, Any]], echo: Callable[[str], None], *, dea
     return StreamResult(image_id=image, log=log[-50:])
 
 
+def _drain(chunks: Any, deadline: float) -> None:
+    """Read a failed build's stream to its end, so the connection is released rather than left open."""
+    for _ in chunks:
+        if time.monotonic() > deadline:
+            break
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
 def build_image(client: Any, context: IO[bytes], labels: dict[str, str], echo: Callable[[str], None],
                 *, no_cache: bool = False) -> str:
     """Build from a context tar through the classic builder; the full image ID."""
@@ -139,7 +163,11 @@ def build_image(client: Any, context: IO[bytes], labels: dict[str, str], echo: C
             fileobj=context, custom_context=True, rm=True, forcerm=True, pull=False, nocache=no_cache,
             decode=True, labels=labels, use_config_proxy=False, buildargs={},
         )
-        result = follow(chunks, echo, deadline=deadline)
+        try:
+            result = follow(chunks, echo, deadline=deadline)
+        except BuildError:
+            _drain(chunks, deadline)
+            raise
     except APIError as exc:
         explanation = clean(str(exc.explanation or exc)).strip()
         raise BuildError(f"the Docker Engine refused the build: {explanation[:300]}") from None

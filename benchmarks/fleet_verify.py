@@ -1,0 +1,97 @@
+"""Time `envlock verify --distributed --fast` under torchrun with 16 ranks against 1 rank, and the store exchange alone.
+
+Usage: python benchmarks/fleet_verify.py [--ranks 16] [--runs 3] [--exchange 16,256,1000]
+Prints the wall time of the whole job (torchrun start to exit) for 1 and N ranks and for a plain `verify --fast`,
+then the exchange alone (ranks as threads on one TCPStore, fingerprints already made) for the sizes asked, and the
+bytes each rank moves. On a machine with fewer cores than ranks the N-rank job time is mostly N interpreters and
+N torch imports competing for the cores, not the exchange; the exchange figures separate the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import time_command
+
+from envlock.fleet import FINGERPRINT_BYTES, VERDICT_BYTES, RankSummary, encode_summary, exchange
+
+
+def job_times(argv: list[str], runs: int, env: dict[str, str], cwd: str) -> list[float]:
+    time_command(argv, env=env, cwd=cwd)  # warm the page cache
+    return [time_command(argv, env=env, cwd=cwd) for _ in range(runs)]
+
+
+def exchange_time(ranks: int) -> tuple[float, float]:
+    """(seconds until every rank has the verdict, seconds rank 0 spent gathering and deciding) for `ranks` threads."""
+    import torch.distributed as dist
+
+    server = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=60), wait_for_workers=False)
+    # Connected in parallel, as real ranks do: one client connects in ~0.2 s here, mostly the client's handshake.
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        clients = list(pool.map(lambda _: dist.TCPStore("127.0.0.1", server.port, None, False,
+                                                        timedelta(seconds=60)), range(ranks)))
+    summary = RankSummary(rank=0, host="node-0000.cluster.example.org", code=0, digest="0123456789abcdef",
+                          sections="ab12cd" * 11, target="sapphirerapids-h100-80gb-hbm3x8",
+                          keys={"python.version": "3.11.9", "gpu.driver": "550.54.15", "gpu.count": "8",
+                                "gpu.devices.0.name": "NVIDIA H100 80GB HBM3", "floats.env.OMP_NUM_THREADS": "8"})
+    payloads = [encode_summary(RankSummary(**{**summary.__dict__, "rank": r})) for r in range(ranks)]
+    rank0 = [0.0]
+
+    def run(r: int) -> None:
+        start = time.perf_counter()
+        exchange(clients[r], r, ranks, payloads[r], 60.0)
+        if r == 0:
+            rank0[0] = time.perf_counter() - start
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, rank0[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--exchange", default="16,256,1000", help="comma-separated rank counts for the exchange alone")
+    args = parser.parse_args()
+    bindir = os.path.dirname(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"  # what torchrun sets for its workers; the lock is captured the same way
+    print(f"machine: {os.cpu_count()} CPUs; fingerprint {FINGERPRINT_BYTES} B up, verdict {VERDICT_BYTES} B down "
+          "per rank (+ 3 counter updates of a few bytes)")
+    with tempfile.TemporaryDirectory() as tmp:
+        lock = os.path.join(tmp, "envlock.lock")
+        subprocess.run([os.path.join(bindir, "envlock"), "capture", "--no-numerics", "-o", lock], check=True,
+                       stdout=subprocess.DEVNULL, env=env, cwd=tmp)
+        torchrun = os.path.join(bindir, "torchrun")
+        plain = job_times([os.path.join(bindir, "envlock"), "verify", "--fast", lock], args.runs, env, tmp)
+        results = {"verify --fast (no fleet)": plain}
+        for n in (1, args.ranks):
+            argv = [torchrun, "--nproc-per-node", str(n), "--standalone", "-m", "envlock", "verify",
+                    "--distributed", "--fast", lock]
+            results[f"torchrun {n:>2} rank{'s' if n > 1 else ''} --distributed"] = job_times(argv, args.runs, env, tmp)
+    for name, times in results.items():
+        print(f"{name:<34} median {statistics.median(times):6.2f} s  (min {min(times):.2f}, max {max(times):.2f})")
+    for n in (int(x) for x in args.exchange.split(",") if x):
+        total, rank0 = exchange_time(n)
+        print(f"exchange alone, {n:>5} ranks: all ranks have the verdict after {total * 1000:7.1f} ms "
+              f"(rank 0: {rank0 * 1000:7.1f} ms); rank 0 reads {n * FINGERPRINT_BYTES / 1024:7.1f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
