@@ -1,3 +1,3 @@
-from envlock.entry import main
+from envlock.entry import console
 
-main()
+console()

@@ -43,10 +43,17 @@ def target_name(target: Target) -> str:
     return re.sub(r"[^a-z0-9_.+-]+", "-", name.lower()).strip("-") or "default"
 
 
+def _parse_numerics(raw: Any) -> Any:
+    if raw is None:
+        return None  # the probe's module is not imported on the job-start path
+    from envlock.numerics import parse_numerics
+
+    return parse_numerics(raw)
+
+
 def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: str = "") -> Lock:
     """The lock the given raw facts imply (pure: the same facts always give the same lock)."""
     from envlock.lockfile import seal
-    from envlock.numerics import parse_numerics
     from envlock.probes.blas import parse_blas
     from envlock.probes.cpu import parse_cpu
     from envlock.probes.cuda import parse_cuda
@@ -65,7 +72,7 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
         blas=parse_blas(facts.get("blas", {})),
         gpu=parse_gpu(facts.get("gpu", {})),
         threads=parse_threads(torch),
-        numerics=parse_numerics(facts.get("numerics")),
+        numerics=_parse_numerics(facts.get("numerics")),
     )
     lock = Lock(
         lock=LockHeader(schema=SCHEMA_VERSION, envlock=__version__, created=created or created_now(),

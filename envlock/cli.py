@@ -75,17 +75,12 @@ def capture(
     no_numerics: bool = typer.Option(False, "--no-numerics", help="Do not run the numerics probe."),
 ) -> None:
     """Capture this machine and Python environment into a lock file."""
-    from envlock.capturing import capture as run_capture
-    from envlock.facts import load_facts_files
+    import argparse
 
-    raw = load_facts_files([str(f) for f in facts], use_torch=not no_torch) if facts else None
-    result = run_capture(output, facts=raw, facts_name=", ".join(str(f) for f in facts), use_torch=not no_torch,
-                         force=force, add_target=add_target, init_cuda=True, numerics=not no_numerics)
-    lock = result.lock
-    kept = "; kept the existing policy and comments" if result.kept_policy else ""
-    what = f"added target {result.added_target} (targets: {', '.join(lock.targets)})" if result.added_target else (
-        f"target {', '.join(lock.targets)}")
-    typer.echo(f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}")
+    from envlock.entry import run_capture
+
+    typer.echo(run_capture(argparse.Namespace(output=output, facts=facts, no_torch=no_torch, force=force,
+                                              add_target=add_target, no_numerics=no_numerics)))
 
 
 @app.command()
@@ -242,7 +237,7 @@ def build(
 
 
 def main() -> None:
-    """Console entry point (see envlock.entry, which keeps `verify` off typer)."""
-    from envlock.entry import main as entry_main
+    """Console entry point (see envlock.entry, which keeps `verify` and `capture` off typer)."""
+    from envlock.entry import console
 
-    entry_main()
+    console()

@@ -1,9 +1,11 @@
-"""The console entry point. `envlock verify` runs at the start of every job on every rank, so it is parsed
-here with argparse and never pays for importing typer; every other command goes to the typer app in cli.py."""
+"""The console entry point. `envlock verify` runs at the start of every job on every rank and `envlock capture`
+competes with torch's collect_env, so both are parsed here with argparse and never pay for importing typer (and
+the pydantic it brings, about 90 ms); every other command, and `--help`, goes to the typer app in cli.py."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -23,6 +25,35 @@ def verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distributed", action="store_true")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
     return parser
+
+
+def capture_parser() -> argparse.ArgumentParser:
+    """The argument parser of `envlock capture` (kept in step with cli.capture by a test)."""
+    parser = argparse.ArgumentParser(prog="envlock capture", description="Capture this machine into a lock.")
+    parser.add_argument("-o", "--output", default="envlock.lock")
+    parser.add_argument("--facts", action="append", default=[])
+    parser.add_argument("--no-torch", dest="no_torch", action="store_true")
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--add-target", dest="add_target", action="store_true")
+    parser.add_argument("--no-numerics", dest="no_numerics", action="store_true")
+    return parser
+
+
+def run_capture(options: argparse.Namespace | Any) -> str:
+    """Run capture with parsed options; the line that says what was written."""
+    from envlock.capturing import capture
+    from envlock.facts import load_facts_files
+
+    paths = [str(p) for p in options.facts or []]
+    raw = load_facts_files(paths, use_torch=not options.no_torch) if paths else None
+    result = capture(options.output, facts=raw, facts_name=", ".join(paths), use_torch=not options.no_torch,
+                     force=options.force, add_target=options.add_target, init_cuda=True,
+                     numerics=not options.no_numerics)
+    lock = result.lock
+    kept = "; kept the existing policy and comments" if result.kept_policy else ""
+    targets = ", ".join(lock.targets)
+    what = f"added target {result.added_target} (targets: {targets})" if result.added_target else f"target {targets}"
+    return f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}"
 
 
 def emit_report(report: Any, *, as_json: bool, quiet: bool, title: str = "verify") -> None:
@@ -72,22 +103,48 @@ def run_fleet_verify(options: argparse.Namespace | Any, facts: Any, paths: list[
     return report.exit_code
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`envlock ...`: the fast path for verify, typer for the rest."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["verify"] and not {"-h", "--help"} & set(args):
-        from envlock.errors import EnvlockError
+def _fast(command: str, rest: list[str]) -> int:
+    from envlock.errors import EnvlockError
 
-        options = verify_parser().parse_args(args[1:])
-        try:
-            code = run_verify(options)
-        except EnvlockError as exc:
-            print(f"envlock: error: {exc}", file=sys.stderr)
-            code = exc.exit_code
-        except KeyboardInterrupt:
-            print("envlock: error: interrupted", file=sys.stderr)
-            code = 130
-        sys.exit(code)
+    try:
+        if command == "verify":
+            return run_verify(verify_parser().parse_args(rest))
+        print(run_capture(capture_parser().parse_args(rest)))
+        return 0
+    except EnvlockError as exc:
+        print(f"envlock: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("envlock: error: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`envlock ...`: the fast paths for verify and capture, typer for the rest (and for --help)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["verify"], ["capture"]) and not {"-h", "--help"} & set(args):
+        sys.exit(_fast(args[0], args[1:]))
     from envlock.cli import app
 
     app(args=args, prog_name="envlock")
+
+
+def console() -> None:
+    """The `envlock` console script: main(), then a quick exit once torch was imported.
+
+    Tearing down an interpreter that imported torch takes about 0.4 s; when a command has finished, everything it
+    wrote is flushed and closed, so the process leaves at once (embedders calling main() still get SystemExit).
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        if "torch" not in sys.modules:
+            raise
+        code = exc.code
+        if not isinstance(code, int):
+            if code is not None:
+                print(code, file=sys.stderr)
+            code = 0 if code is None else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

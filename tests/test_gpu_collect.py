@@ -457,11 +457,13 @@ def test_collect_gpu_nvidia_smi_failure_is_recorded(machine: Callable[..., Sourc
     assert nvml_unavailable(raw) == "NVML failed: Driver/library version mismatch"
 
 
-def test_collect_gpu_on_a_machine_without_gpus(machine: Callable[..., Sources]) -> None:
+def test_collect_gpu_on_a_machine_without_gpus(machine: Callable[..., Sources],
+                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     sources = machine(NO_LIBRARY, proc=False)
+    monkeypatch.setattr(gpu_probe, "NVIDIA_CTL", str(tmp_path / "no-nvidiactl"))
     raw = collect_gpu(subprocess=True)
-    assert raw == {"nvml_error": "NVML Shared Library Not Found"}
-    assert sources.calls == ["nvml"]  # no driver: nvidia-smi is not worth a subprocess
+    assert raw == {"nvml_error": gpu_probe.NO_DRIVER}
+    assert sources.calls == []  # no driver: neither NVML (not even imported) nor nvidia-smi is tried
     assert nvml_unavailable(raw) == ""
     section = parse_gpu(raw)
     assert (section.count, section.driver, section.source, section.status) == (0, "", "", "no NVIDIA driver found")

@@ -46,7 +46,7 @@ from tests.helpers import clean_env, console
 
 BIN = Path(sys.executable).parent
 ENVLOCK = BIN / ("envlock.exe" if os.name == "nt" else "envlock")
-SUM = "torch-cpu-sum-float32-16777216x1x1"
+SUM = "torch-cpu-sum-float32-4194304x1x1"
 DENORMAL = "torch-cpu-denormal-float32-1x1x1"
 NUMPY_MM = "numpy-cpu-mm-float32-256x256x256"
 
@@ -473,7 +473,7 @@ def test_sensitive_numpy_equals_sensitive_torch(torch_mod: Any) -> None:
 
 
 def test_kernel_ids() -> None:
-    assert kernel_id(KernelSpec("sum", "torch", "cpu", "float32", "16777216x1x1", 1)) == f"{SUM}-t1"
+    assert kernel_id(KernelSpec("sum", "torch", "cpu", "float32", "4194304x1x1", 1)) == f"{SUM}-t1"
     assert kernel_id(KernelSpec("mm", "torch", "cuda:0", "float16", "64x64x4096")) == (
         "torch-cuda0-mm-float16-64x64x4096")
     assert kernel_id(KernelSpec("mm", "numpy", "cpu", "float32", "256x256x256", 4)) == f"{NUMPY_MM}-t4"
@@ -481,7 +481,7 @@ def test_kernel_ids() -> None:
         "torch-cuda12-int-mm-bfloat16-64x64x4096")
 
 
-NUMPY_IDS = [f"{NUMPY_MM}-t1", NUMPY_MM, "numpy-cpu-sum-float32-16777216x1x1"]
+NUMPY_IDS = [f"{NUMPY_MM}-t1", NUMPY_MM, "numpy-cpu-sum-float32-4194304x1x1"]
 TORCH_CPU_IDS = [f"{SUM}-t1", "torch-cpu-mm-float32-256x256x256-t1", SUM, "torch-cpu-mm-float32-256x256x256",
                  "torch-cpu-identity-mm-float32-256x256x1", "torch-cpu-int-mm-float32-64x64x1024", DENORMAL]
 
@@ -490,7 +490,7 @@ def cuda_ids(index: int) -> list[str]:
     d = f"torch-cuda{index}"
     return [f"{d}-mm-float32-256x256x256", f"{d}-identity-mm-float32-256x256x1", f"{d}-mm-float16-64x64x4096",
             f"{d}-mm-bfloat16-64x64x4096", f"{d}-mm-float16-256x256x256", f"{d}-int-mm-float16-64x64x4096",
-            f"{d}-int-mm-bfloat16-64x64x4096", f"{d}-sum-float32-16777216x1x1", f"{d}-mean-float32-16777216x1x1",
+            f"{d}-int-mm-bfloat16-64x64x4096", f"{d}-sum-float32-4194304x1x1", f"{d}-mean-float32-4194304x1x1",
             f"{d}-conv2d-float32-1x64x32", f"{d}-conv1x1-float32-1x64x32", f"{d}-index-add-float32-4096x64x64",
             f"{d}-denormal-float32-1x1x1"]
 
@@ -750,11 +750,11 @@ def test_numpy_sum_drift_is_not_blamed_on_blas() -> None:
         key: {**spec.to_dict(), "input_sha256": _hash("a"), "output_sha256": _hash("b"), "repeat_equal": True}
         for key, spec in default_kernels(numpy=True, torch=False).items()}}
     moved = json.loads(json.dumps(raw))
-    moved["kernels"]["numpy-cpu-sum-float32-16777216x1x1"]["output_sha256"] = _hash("c")
+    moved["kernels"]["numpy-cpu-sum-float32-4194304x1x1"]["output_sha256"] = _hash("c")
     want = {**CONTEXT, "packages.numpy.version": "2.4.6"}
     have = {**CONTEXT, "packages.numpy.version": "2.5.0"}
     (found,) = compare_numerics(parse_numerics(raw), parse_numerics(moved), {}, default_policy(), (want, have))
-    assert found.path == "numerics.numpy-cpu-sum-float32-16777216x1x1"
+    assert found.path == "numerics.numpy-cpu-sum-float32-4194304x1x1"
     assert "BLAS" not in found.hint, found.hint
     assert "numpy" in found.hint
 

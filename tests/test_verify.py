@@ -711,14 +711,15 @@ def test_diff_of_a_missing_lock_exits_2(recorded: dict[str, Any], tmp_path: Path
 # --- the two front ends agree ---------------------------------------------------------------------------
 
 
-def test_typer_and_argparse_verify_take_the_same_options() -> None:
+@pytest.mark.parametrize("name", ["verify", "capture"])
+def test_typer_and_argparse_take_the_same_options(name: str) -> None:
     import argparse
 
     from typer.main import get_command
 
     from envlock.cli import app
 
-    command = get_command(app).commands["verify"]  # type: ignore[attr-defined]
+    command = get_command(app).commands[name]  # type: ignore[attr-defined]
     typer_side = set()
     for param in command.params:
         if param.name == "help":
@@ -727,7 +728,8 @@ def test_typer_and_argparse_verify_take_the_same_options() -> None:
         kind = "flag" if getattr(param, "is_flag", False) else ("many" if getattr(param, "multiple", False) else "one")
         typer_side.add((param.name, opts, kind))
     argparse_side = set()
-    for action in entry.verify_parser()._actions:
+    parser = entry.verify_parser() if name == "verify" else entry.capture_parser()
+    for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
         kind = ("flag" if isinstance(action, argparse._StoreTrueAction)

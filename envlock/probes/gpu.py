@@ -14,8 +14,15 @@ from envlock._raw import get
 from envlock.model import GpuDevice, GpuSection, MigInstance, ModelError
 
 PROC_DRIVER = "/proc/driver/nvidia/version"
+NVIDIA_CTL = "/dev/nvidiactl"
+NO_DRIVER = "no NVIDIA driver loaded (no /dev/nvidiactl, no /proc/driver/nvidia)"
 #: NVML errors that mean "there is no NVIDIA GPU here" rather than "NVML is broken".
-NO_GPU_ERRORS = ("Shared Library Not Found", "nvidia-ml-py is not installed", "Driver Not Loaded")
+NO_GPU_ERRORS = ("Shared Library Not Found", "nvidia-ml-py is not installed", "Driver Not Loaded", NO_DRIVER)
+
+
+def driver_present(raw: dict[str, Any]) -> bool:
+    """Whether an NVIDIA kernel driver is loaded (its device node or its /proc entry exists)."""
+    return "proc_driver_version" in raw or os.path.exists(NVIDIA_CTL)
 
 
 def collect_gpu(*, nvml: bool = True, subprocess: bool = True, init_cuda: bool = False) -> dict[str, Any]:
@@ -31,7 +38,10 @@ def collect_gpu(*, nvml: bool = True, subprocess: bool = True, init_cuda: bool =
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         raw["cuda_visible_devices"] = visible
-    if nvml:
+    if nvml and not driver_present(raw):
+        # No NVIDIA kernel driver: nothing NVML could find, and importing it costs a job-start path time.
+        raw["nvml_error"] = NO_DRIVER
+    elif nvml:
         found = collect_nvml()
         if "error" in found:
             raw["nvml_error"] = found["error"]

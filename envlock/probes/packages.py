@@ -74,13 +74,19 @@ def _kept(path: str, dist_info: str) -> bool:
     return not (top == dist_info and leaf in INSTALLER_FILES)
 
 
+# A plain RECORD row with a hash: `path,algo=digest,size` (quoting only comes with commas in file names).
+_HASHED_ROW = re.compile(r"^([^,\n\r]+),([^,\n\r]+),[^,\n\r]*\r?$", re.M)
+
+
 def record_digest(record_text: str, dist_info: str) -> str:
     """sha256 over the sorted `path hash` lines of a RECORD, prefix-dependent entries left out."""
+    # The regular expression splits the rows in C (a torch RECORD has ~12,000); csv only for quoted rows.
+    rows = _record_rows(record_text) if '"' in record_text else _HASHED_ROW.findall(record_text)
     lines = []
-    for raw_path, digest in _record_rows(record_text):
+    for raw_path, digest in rows:
         if not digest:
             continue
-        path = raw_path.replace("\\", "/")
+        path = raw_path.replace("\\", "/") if "\\" in raw_path else raw_path
         if _kept(path, dist_info):
             lines.append(f"{path} {digest}\n")
     lines.sort()
