@@ -38,9 +38,23 @@ def _target_lines(name: str, target: Target) -> list[str]:
         lines.append(f"  threads    torch {t.torch_intraop} intra-op, {t.torch_interop} inter-op")
     g = target.gpu
     if g.count:
-        lines.append(f"  gpu        {g.count} GPU(s), driver {g.driver}")
+        cuda = f", CUDA {g.cuda_driver} supported" if g.cuda_driver else ""
+        lines.append(f"  gpu        {g.count} GPU(s), driver {g.driver}{cuda} (from {g.source or 'unknown'})")
+        for d in g.devices:
+            details = ", ".join(part for part in (
+                d.compute_capability and f"compute {d.compute_capability}",
+                d.sm_count is not None and f"{d.sm_count} SMs",
+                d.memory_mib is not None and f"{d.memory_mib} MiB",
+                d.mig and f"MIG: {len(d.mig_instances)} instance(s) "
+                + " ".join(f"{m.profile or '?'}/{m.sm_count or '?'}SM" for m in d.mig_instances),
+            ) if part)
+            lines.append(f"    [{d.index}]    {d.name}" + (f": {details}" if details else ""))
     else:
         lines.append(f"  gpu        none ({g.status or 'no GPU visible'})")
+    n = target.numerics
+    if n is not None:
+        devices = sorted({k.device for k in n.kernels.values()})
+        lines.append(f"  numerics   {len(n.kernels)} probe kernels ({n.probe}) on {', '.join(devices) or 'nothing'}")
     return lines
 
 
@@ -65,6 +79,12 @@ def render_summary(lock: Lock, name: str) -> list[str]:
         )
     else:
         lines.append("torch        not locked (not importable at capture, or captured with --no-torch)")
+    if lock.cuda is not None:
+        c = lock.cuda
+        loaded = ", ".join(f"{name} {value}" for name, value in (("runtime", c.runtime), ("cuDNN", c.cudnn),
+                                                                   ("cuBLAS", c.cublas), ("NCCL", c.nccl)) if value)
+        lines.append(f"cuda         torch built for CUDA {c.torch_cuda}; loaded: {loaded or 'none'}; "
+                     f"kernels for {' '.join(c.arch_list) or '?'}")
     set_vars = [f"{k}={v.value}" for k, v in lock.floats.env.items() if v.set]
     unset = [k for k, v in lock.floats.env.items() if not v.set]
     lines.append(f"env          set: {', '.join(set_vars) or 'none'}; unset: {len(unset)} of {len(lock.floats.env)}")
