@@ -97,6 +97,7 @@ class CaptureResult:
     lock: Lock
     kept_policy: bool
     added_target: str = ""
+    unhashed: tuple[str, ...] = ()
 
 
 def _previous(path: Path) -> tuple[str | None, Policy | None]:
@@ -131,6 +132,7 @@ def capture(
     add_target: bool = False,
     init_cuda: bool = False,
     numerics: bool = True,
+    hashes: bool = False,
 ) -> CaptureResult:
     """Capture this machine (or the given facts) into a lock at `output`, keeping an old lock's policy and comments.
 
@@ -150,6 +152,9 @@ def capture(
     if facts is None:
         shapes = policy.probe_shapes if policy is not None else ()
         facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes)
+    unhashed: list[str] = []
+    if hashes:
+        facts, unhashed = with_artifact_hashes(facts)
     try:
         lock = build_lock(facts, policy=policy)
     except ModelError as exc:
@@ -161,7 +166,25 @@ def capture(
         lock, added = _with_target(path, lock)
     text = dumps(lock, name=path.name, previous=previous)
     write_atomic(path, text)
-    return CaptureResult(path=path, lock=lock, kept_policy=policy is not None, added_target=added)
+    return CaptureResult(path=path, lock=lock, kept_policy=policy is not None, added_target=added,
+                         unhashed=tuple(unhashed))
+
+
+def with_artifact_hashes(facts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The facts with each index package's artifact hashes (from the index), and the packages it had none for."""
+    from envlock.hashes import artifact_hashes
+    from envlock.probes.packages import canonical_name
+
+    packages = facts.get("packages")
+    if not isinstance(packages, list):
+        return facts, []
+    found, missing = artifact_hashes([p for p in packages if isinstance(p, dict) and "name" in p])
+    updated = [
+        {**p, "hashes": found[canonical_name(str(p["name"]))]}
+        if isinstance(p, dict) and canonical_name(str(p.get("name", ""))) in found else p
+        for p in packages
+    ]
+    return {**facts, "packages": updated}, missing
 
 
 SOFTWARE = ("python", "packages", "cuda", "floats")

@@ -73,6 +73,9 @@ def capture(
         False, "--add-target", help="Add this machine as another hardware target of the existing lock."
     ),
     no_numerics: bool = typer.Option(False, "--no-numerics", help="Do not run the numerics probe."),
+    hashes: bool = typer.Option(
+        False, "--hashes", help="Record each package's artifact hashes from the index (pip-tools; network)."
+    ),
 ) -> None:
     """Capture this machine and Python environment into a lock file."""
     import argparse
@@ -80,7 +83,8 @@ def capture(
     from envlock.entry import run_capture
 
     typer.echo(run_capture(argparse.Namespace(output=output, facts=facts, no_torch=no_torch, force=force,
-                                              add_target=add_target, no_numerics=no_numerics)))
+                                              add_target=add_target, no_numerics=no_numerics,
+                                              hashes=hashes)))
 
 
 @app.command()

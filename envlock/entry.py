@@ -36,6 +36,7 @@ def capture_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--add-target", dest="add_target", action="store_true")
     parser.add_argument("--no-numerics", dest="no_numerics", action="store_true")
+    parser.add_argument("--hashes", action="store_true")
     return parser
 
 
@@ -48,12 +49,18 @@ def run_capture(options: argparse.Namespace | Any) -> str:
     raw = load_facts_files(paths, use_torch=not options.no_torch) if paths else None
     result = capture(options.output, facts=raw, facts_name=", ".join(paths), use_torch=not options.no_torch,
                      force=options.force, add_target=options.add_target, init_cuda=True,
-                     numerics=not options.no_numerics)
+                     numerics=not options.no_numerics, hashes=options.hashes)
     lock = result.lock
     kept = "; kept the existing policy and comments" if result.kept_policy else ""
     targets = ", ".join(lock.targets)
     what = f"added target {result.added_target} (targets: {targets})" if result.added_target else f"target {targets}"
-    return f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}"
+    line = f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}"
+    if options.hashes:
+        hashed = sum(1 for p in lock.packages.values() if p.hashes)
+        line += f"\nartifact hashes from the index for {hashed} packages"
+        if result.unhashed:
+            line += f"; none for {', '.join(result.unhashed)} (not on the index)"
+    return line
 
 
 def emit_report(report: Any, *, as_json: bool, quiet: bool, title: str = "verify") -> None:
