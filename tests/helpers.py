@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from envlock.capturing import build_lock
 from envlock.facts import dumps_facts
@@ -46,3 +46,28 @@ def write_facts(facts: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps_facts(facts), encoding="utf-8")
     return path
+
+
+def run_ok(*args: str | Path) -> str:
+    """Run a command offline (pip sees no index) and return its stdout; fail the test with its output otherwise."""
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+class Venv(NamedTuple):
+    """A throwaway virtual environment without pip."""
+
+    root: Path
+    python: Path
+    site: str
+
+
+def make_venv(where: Path) -> Venv:
+    """A fresh venv without pip (packages go in with this suite's pip: `pip --python VENV/bin/python`)."""
+    run_ok(sys.executable, "-m", "venv", "--without-pip", where)
+    python = where / ("Scripts" if os.name == "nt" else "bin") / "python"
+    site = run_ok(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
+    return Venv(where, python, site)

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import stat
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterable
@@ -30,6 +29,7 @@ from envlock.probes.packages import (
     record_digest,
     search_path,
 )
+from tests.helpers import make_venv, run_ok
 
 # --- helpers --------------------------------------------------------------------------------------------
 
@@ -478,24 +478,14 @@ def _build_wheel(folder: Path, version: str, module: bytes = MODULE) -> Path:
     return wheel
 
 
-def _run(*args: str | Path) -> str:
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def _venv(where: Path) -> tuple[Path, str]:
     """A fresh venv without pip: (its bin folder, its site-packages)."""
-    _run(sys.executable, "-m", "venv", "--without-pip", where)
-    bin_dir = where / ("Scripts" if os.name == "nt" else "bin")
-    site = _run(bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
-    return bin_dir, site
+    venv = make_venv(where)
+    return venv.python.parent, venv.site
 
 
 def _install(bin_dir: Path, wheel: Path, *extra: str) -> None:
-    _run(sys.executable, "-m", "pip", "--python", bin_dir / "python", "install", "--no-index", "--no-deps",
+    run_ok(sys.executable, "-m", "pip", "--python", bin_dir / "python", "install", "--no-index", "--no-deps",
          "--upgrade", *extra, wheel)
 
 
@@ -554,8 +544,8 @@ def test_console_scripts_exist_in_each_venv_with_prefix_dependent_record_entries
             (entry,) = [p for p in rows if p.endswith(f"/{script}")]
             assert entry.startswith("../") and (Path(site) / entry).resolve() == path.resolve()
             script_rows[key, script] = rows[entry]
-        assert _run(bin_dir / "tiny-cli").strip() == "tiny says hello"
-        assert _run(bin_dir / "tiny-script").strip() == "tiny script"
+        assert run_ok(bin_dir / "tiny-cli").strip() == "tiny says hello"
+        assert run_ok(bin_dir / "tiny-script").strip() == "tiny script"
 
     assert script_rows["a", "tiny-cli"] != script_rows["b", "tiny-cli"]
     assert script_rows["a", "tiny-script"] != script_rows["b", "tiny-script"]
@@ -566,7 +556,7 @@ def test_compiling_pyc_in_one_venv_leaves_the_digest_unchanged(two_venvs: dict[s
     _, bin_dir, site_b = two_venvs["b"]
     before = _tiny(site_b)["files"]
 
-    _run(bin_dir / "python", "-m", "compileall", "-q", Path(site_b) / "tiny_pkg")
+    run_ok(bin_dir / "python", "-m", "compileall", "-q", Path(site_b) / "tiny_pkg")
 
     assert list((Path(site_b) / "tiny_pkg" / "__pycache__").glob("*.pyc"))
     assert _tiny(site_b)["files"] == before == _tiny(two_venvs["a"][2])["files"]

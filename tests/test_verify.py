@@ -10,7 +10,6 @@ import io
 import json
 import os
 import stat
-import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from envlock.compare import Finding
 from envlock.probes.packages import collect_packages
 from envlock.verifying import EnvMismatchError, Report, check, deep_findings
 from envlock.verifying import verify as verify_api
-from tests.helpers import clean_env, console, write_facts, write_lock
+from tests.helpers import Venv, clean_env, console, make_venv, run_ok, write_facts, write_lock
 
 CREATED = "2024-01-01T00:00:00Z"
 BIN = Path(sys.executable).parent
@@ -121,29 +120,8 @@ def build_wheel(folder: Path, version: str) -> Path:
     return wheel
 
 
-def _run(*args: str | Path) -> str:
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-class Venv(NamedTuple):
-    root: Path
-    python: Path
-    site: str
-
-
-def make_venv(where: Path) -> Venv:
-    _run(sys.executable, "-m", "venv", "--without-pip", where)
-    python = where / ("Scripts" if os.name == "nt" else "bin") / "python"
-    site = _run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
-    return Venv(where, python, site)
-
-
 def pip(venv: Venv, *args: str | Path) -> None:
-    _run(sys.executable, "-m", "pip", "--python", venv.python, *args)
+    run_ok(sys.executable, "-m", "pip", "--python", venv.python, *args)
 
 
 def tiny_facts(base: dict[str, Any], venv: Venv) -> dict[str, Any]:
