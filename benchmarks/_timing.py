@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
 from collections.abc import Sequence
 
 
+def installed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an ordinary install: bytecode caches allowed (some shells here set
+    PYTHONDONTWRITEBYTECODE, which would make every run recompile envlock's editable sources but not pip's)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra or {})
+    return env
+
+
 def time_command(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> float:
     """Wall seconds one run of `argv` takes; fails loudly if the command fails."""
+    env = env if env is not None else installed_env()
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     return time.perf_counter() - start

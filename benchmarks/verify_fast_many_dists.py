@@ -16,6 +16,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import installed_env
+
 SIZES = (500, 1000, 2000)
 
 
@@ -56,7 +59,7 @@ def main() -> int:
             site = os.path.join(tmp, "site")
             os.makedirs(site)
             make_site(site, count)
-            env = {**os.environ, "PYTHONPATH": site}
+            env = installed_env({"PYTHONPATH": site})
             lock = os.path.join(tmp, "envlock.lock")
             subprocess.run([envlock, "capture", "--no-torch", "-o", lock], env=env, check=True,
                            stdout=subprocess.DEVNULL)
