@@ -134,11 +134,10 @@ def _check_pattern(pattern: str, option: str) -> str:
 def deep_findings(facts: dict[str, Any], lock: Lock) -> list[Finding]:
     """Re-hash every installed file of every locked package against its RECORD; one finding per modified package."""
     from envlock.deep import check_record
+    from envlock.probes.packages import canonical_name
 
     findings = []
     for item in facts.get("packages", []):
-        from envlock.probes.packages import canonical_name
-
         name = canonical_name(str(item.get("name", "")))
         if name not in lock.packages or not str(item.get("metadata_dir", "")).endswith(".dist-info"):
             continue
@@ -270,8 +269,8 @@ def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str]) -> Repo
     for name in sorted(set(lock_a.targets) ^ set(lock_b.targets)):
         if names:
             side = "A" if name in lock_a.targets else "B"
-            findings.append(Finding(path=f"targets.{name}", expected="present" if side == "A" else ABSENT_T,
-                                    actual="present" if side == "B" else ABSENT_T, severity="warn",
+            findings.append(Finding(path=f"targets.{name}", expected="present" if side == "A" else "absent",
+                                    actual="present" if side == "B" else "absent", severity="warn",
                                     hint=f"target {name} is only in lock {side}"))
     seen: set[str] = set()
     for name_a, name_b in pairs:
@@ -285,5 +284,3 @@ def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str]) -> Repo
     return Report(lock=f"{path_a} → {path_b}", target=", ".join(a for a, _ in pairs),
                   findings=tuple(findings), notes=tuple(notes))
 
-
-ABSENT_T = "absent"
