@@ -31,7 +31,10 @@ def created_now() -> str:
     """The creation time: $SOURCE_DATE_EPOCH when set (reproducible builds), else now, in UTC."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     seconds = int(epoch) if epoch.isdigit() else int(time.time())
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        raise UsageError(f"SOURCE_DATE_EPOCH={epoch[:30]}: out of range for a date") from None
 
 
 def target_name(target: Target) -> str:
@@ -151,6 +154,12 @@ def capture(
         raise LockError(str(path), "no lock to add a target to (capture one first, without --add-target)")
     if facts is None:
         shapes = policy.probe_shapes if policy is not None else ()
+        from envlock.numerics import MAX_WORK, shape_work
+
+        for shape in shapes:
+            if shape_work(shape) > MAX_WORK:
+                raise LockError(str(path), f"probe shape {shape} is too large (m·n·k over {MAX_WORK})",
+                                "policy.probe_shapes")
         facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes)
     unhashed: list[str] = []
     if hashes:

@@ -5,6 +5,8 @@ the pydantic it brings, about 90 ms); every other command, and `--help`, goes to
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import os
 import sys
 from typing import Any
@@ -137,21 +139,53 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def console() -> None:
-    """The `envlock` console script: main(), then a quick exit once torch was imported.
+    """The `envlock` console script: main(), with output that cannot fail a verdict, and a quick exit.
 
-    Tearing down an interpreter that imported torch takes about 0.4 s; when a command has finished, everything it
-    wrote is flushed and closed, so the process leaves at once (embedders calling main() still get SystemExit).
+    A terminal that cannot show "→" gets a replacement character rather than a traceback; a closed or full stdout
+    is one line on stderr and exit 2. Tearing down an interpreter that imported torch takes about 0.4 s; when a
+    command has finished, everything it wrote is flushed and closed, so the process leaves at once (embedders
+    calling main() still get SystemExit).
     """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
     try:
         main()
+        code: int = 0
     except SystemExit as exc:
-        if "torch" not in sys.modules:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _say(str(exc.code), 1))
+    except OSError as exc:
+        if not isinstance(exc, BrokenPipeError) and exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
             raise
-        code = exc.code
-        if not isinstance(code, int):
-            if code is not None:
-                print(code, file=sys.stderr)
-            code = 0 if code is None else 1
-        sys.stdout.flush()
-        sys.stderr.flush()
+        code = _say(f"envlock: error: cannot write the output: {exc.strerror or exc}", 2)
+    _leave(code)
+
+
+def _say(message: str, code: int) -> int:
+    if sys.stderr is not None:
+        try:
+            print(message, file=sys.stderr)
+        except OSError:
+            pass
+    return code
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    if "torch" in sys.modules or sys.stdout is None or sys.stdout.closed:
         os._exit(code)
+    try:
+        sys.exit(code)
+    finally:
+        # A stdout that failed must not fail again at interpreter shutdown.
+        if isinstance(sys.stdout, io.TextIOBase) and not sys.stdout.closed:
+            try:
+                sys.stdout.flush()
+            except OSError:
+                sys.stdout = None

@@ -96,10 +96,13 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: tuple[d
             text += " (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE is set)"
         return f"{text}: set `{setter.format(value=_pylit(expected))}` in the job, or re-capture" if setter else text
     if parts[0] == "threads":
-        causes = _env_changes(want, have, ("OMP_NUM_THREADS",))
+        if parts[1] == "torch_interop":
+            return (f"torch inter-op threads changed {expected} → {actual} (torch.set_num_interop_threads in code, "
+                    "or another core count): it runs independent ops side by side; one op's bits do not depend on it")
+        causes = _env_changes(want, have, ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
         why = f" ({'; '.join(causes)})" if causes else " (torch.set_num_threads in code, or another core count)"
-        return (f"torch {'intra' if parts[1] == 'torch_intraop' else 'inter'}-op threads changed "
-                f"{expected} → {actual}{why}: reductions split per thread, so sums change bits")
+        return (f"torch intra-op threads changed {expected} → {actual}{why}: reductions split per thread, "
+                "so sums change bits")
     if parts[0] == "blas":
         return _blas_hint(parts, expected, actual, want, have)
     if parts[0] == "python":
@@ -200,8 +203,8 @@ def _blas_hint(parts: list[str], expected: Any, actual: Any, want: dict[str, Any
     if field == "version":
         return f"another BLAS version ({expected} → {actual}): reinstall the locked package that ships it"
     if field == "torch_cpu_capability":
-        return (f"ATen picks {actual} kernels here, {expected} at capture (ATEN_CPU_CAPABILITY, or another CPU): "
-                "vectorised reductions change bits")
+        return (f"ATen picks {_show(actual)} kernels here, {_show(expected)} at capture (ATEN_CPU_CAPABILITY, or "
+                "another CPU): vectorised reductions change bits")
     if field in ("torch_blas", "torch_blas_version", "internal_api", "threading_layer", "user_api"):
         return f"another BLAS ({field}: {expected} → {actual}): a different build of numpy or torch"
     return re.sub(r"\s+", " ", f"{'.'.join(parts)} changed")

@@ -227,11 +227,23 @@ def _dims(shape: str) -> tuple[int, int, int]:
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
+#: The most multiply-adds (m·n·k) one kernel may ask for: a lock must not be able to make verify run for hours.
+MAX_WORK = 1 << 33
+
+
+def shape_work(shape: str) -> int:
+    """m·n·k of a shape (0 when it does not parse)."""
+    match = SHAPE.fullmatch(shape)
+    return int(match.group(1)) * int(match.group(2)) * int(match.group(3)) if match else 0
+
+
 def run_kernel(spec: KernelSpec) -> dict[str, Any]:
     """Run one kernel; its input and output hashes, samples, canary verdict, error class and repeat check."""
     runner = KERNELS.get(spec.op)
     if runner is None:
         return {"error": f"unknown op {spec.op!r}"}
+    if shape_work(spec.shape) > MAX_WORK:
+        return {"error": f"shape {spec.shape} is larger than the probe runs (m·n·k over {MAX_WORK})"}
     started = time.perf_counter()
     with _threads(spec):
         result = runner(spec)
@@ -569,9 +581,15 @@ def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], spec: Any,
                 "or cudnn.benchmark autotuning")
     if spec.op == "denormal":
         knob = _changed(want, have, "floats.torch.flush_denormal")
-        return ("flush-denormal is on: subnormal floats become zero (torch.set_flush_denormal(True), or a shared "
-                "library built with -ffast-math)" if "ftz=on" in verdict.actual or "daz=on" in verdict.actual else
-                "denormal handling changed") + (f"; flush_denormal {knob}" if knob else "")
+        if "ftz=on" in verdict.actual or "daz=on" in verdict.actual:
+            text = ("flush-denormal is on: subnormal floats become zero (torch.set_flush_denormal(True), or a shared "
+                    "library built with -ffast-math)")
+        elif re.search(r"workers-flushed=[1-9]", verdict.actual):
+            text = ("torch's intra-op worker threads flush subnormals although this thread does not: they kept the "
+                    "FTZ/DAZ state of when they started (set_flush_denormal changes the calling thread only)")
+        else:
+            text = "denormal handling changed"
+        return text + (f"; flush_denormal {knob}" if knob else "")
     if spec.op in ("identity-mm", "conv1x1") and kind == "precision change":
         bits = re.search(r"bits=(\d+)", verdict.actual)
         kept = int(bits.group(1)) if bits else -1
@@ -596,6 +614,12 @@ def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], spec: Any,
         return f"the precision class changed ({verdict.expected} → {verdict.actual}): TF32/bf16 modes or another BLAS"
     # order drift: the same precision, another summation order
     if spec.device == "cpu" and spec.library == "torch":
+        for path, text in (("floats.env.MKL_CBWR", "MKL's conditional numerical reproducibility branch (MKL_CBWR)"),
+                           ("floats.torch.mkldnn_matmul_fp32_precision", "oneDNN's fp32 matmul precision"),
+                           ("floats.torch.float32_matmul_precision", "torch's float32 matmul precision")):
+            change = _changed(want, have, path)
+            if change:
+                return f"{text} changed ({change})"
         single = key.endswith("-t1")
         sibling = key[: -len("-t1")] if single else key + "-t1"
         sibling_moved = _moved(verdicts, lambda k: k == sibling)

@@ -198,6 +198,8 @@ def verify(
     skip: list[str] = []
     if fast and facts is None:
         skip.extend(s for s in SLOW_SECTIONS if not _loaded_for(s, current_facts))
+        if "blas" not in skip:
+            skip.extend(_unloaded_blas(lock))
     errors: dict[str, str] = {}
     if facts is None and not fast:
         current, errors = _with_probe(lock, current, current_facts, policy, target)
@@ -235,6 +237,21 @@ def _with_probe(lock: Lock, current: Lock, facts: dict[str, Any], policy: Policy
     raw = collect_numerics(specs_from_lock(recorded.kernels))
     errors = {key: str(item["error"]) for key, item in raw["kernels"].items() if "error" in item}
     return build_lock({**facts, "numerics": raw}, policy=lock.policy, created=lock.lock.created), errors
+
+
+def _unloaded_blas(lock: Lock) -> list[str]:
+    """BLAS paths that belong to numpy or torch when the process has not imported it (verify --fast)."""
+    import sys
+
+    out = []
+    for target in lock.targets.values():
+        for library in target.blas.libraries:
+            owner = library.id.split("-")[0]
+            if owner in ("numpy", "torch") and owner not in sys.modules:
+                out.append(f"blas.libraries.{library.id}")
+    if "torch" not in sys.modules:
+        out += ["blas.torch_blas", "blas.torch_blas_version", "blas.torch_cpu_capability"]
+    return sorted(set(out))
 
 
 def _loaded_for(section: str, facts: dict[str, Any]) -> bool:

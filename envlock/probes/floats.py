@@ -54,8 +54,9 @@ TORCH_PARENTS: dict[str, Callable[[Any], Any]] = {
 
 
 def collect_env() -> dict[str, str]:
-    """The numerics-relevant environment variables that are set, with their values."""
-    return {name: os.environ[name] for name in NUMERIC_ENV_VARS if name in os.environ}
+    """The numerics-relevant environment variables that are set, with their values (empty counts as unset,
+    as it does for Python, OpenMP and the BLAS libraries)."""
+    return {name: os.environ[name] for name in NUMERIC_ENV_VARS if os.environ.get(name)}
 
 
 def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:

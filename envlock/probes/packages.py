@@ -121,9 +121,14 @@ def iter_dist_dirs(folders: Iterable[str]) -> Iterable[tuple[str, str]]:
 
 
 def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True) -> list[dict[str, Any]]:
-    """Raw facts for every distribution visible on `path` (sys.path by default); the first of a name wins."""
-    seen: set[str] = set()
-    out = []
+    """Raw facts for every distribution visible on `path` (sys.path by default).
+
+    The first of a name wins, as for importlib.metadata, with one exception: a bare `.egg-info` (what
+    `pip install -e .` with setuptools leaves in a project's folder) gives way to a later `.dist-info` of the same
+    name, which is what the installer actually recorded.
+    """
+    seen: dict[str, int] = {}
+    out: list[dict[str, Any]] = []
     for folder, entry in iter_dist_dirs(search_path(path)):
         full = os.path.join(folder, entry)
         is_dir = os.path.isdir(full)
@@ -137,8 +142,9 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
             continue
         key = canonical_name(name)
         if key in seen:
-            continue
-        seen.add(key)
+            earlier = out[seen[key]]
+            if not (earlier["metadata_dir"].endswith(".egg-info") and entry.endswith(".dist-info")):
+                continue
         fact: dict[str, Any] = {"name": name, "version": version, "location": folder, "metadata_dir": entry}
         if is_dir:
             try:
@@ -152,7 +158,11 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
                         fact["files"] = record_digest(handle.read(), entry)
                 except OSError:
                     pass
-        out.append(fact)
+        if key in seen:
+            out[seen[key]] = fact
+        else:
+            seen[key] = len(out)
+            out.append(fact)
     return out
 
 
