@@ -77,7 +77,10 @@ def load_pyproject_policy(start: Path) -> dict[str, Any] | None:
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
-            data = parse_toml(read_text(candidate), str(candidate))
+            text = read_text(candidate)
+            if "envlock" not in text:
+                return None  # another project's file, perhaps one envlock cannot read: none of envlock's business
+            data = parse_toml(text, str(candidate))
             tool = data.get("tool", {})
             section = tool.get("envlock") if isinstance(tool, dict) else None
             if section is None:

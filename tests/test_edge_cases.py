@@ -130,3 +130,13 @@ def test_hints_name_mkl_threads_and_inter_op_threads(machine_facts: dict[str, An
     assert "MKL_NUM_THREADS is 1 (was unset)" in hints["threads.torch_intraop"]
     assert "torch.set_num_interop_threads" in hints["threads.torch_interop"]
     assert os.environ.get("MKL_NUM_THREADS") is None
+
+
+def test_an_unrelated_broken_pyproject_above_the_lock_is_not_envlocks_business(
+    machine_facts: dict[str, Any], tmp_path: Path
+) -> None:
+    from envlock.verifying import verify
+
+    (tmp_path / "pyproject.toml").write_text("[project\nname = 'half-written'\n")
+    lock = write_lock(machine_facts, tmp_path / "sub" / "envlock.lock")
+    assert verify(lock, facts=machine_facts).ok
