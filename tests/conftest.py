@@ -43,6 +43,17 @@ def machine_facts(_machine_facts: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(_machine_facts)
 
 
+@pytest.fixture(scope="session")
+def console_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lock of this machine captured by the real console script in a fresh, clean process (read-only for tests)."""
+    from tests.helpers import console
+
+    work = tmp_path_factory.mktemp("console")
+    done = console("capture", "-o", "envlock.lock", cwd=work)
+    assert done.returncode == 0, done.stderr
+    return work / "envlock.lock"
+
+
 @pytest.fixture(autouse=True)
 def _clean_numeric_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests start from the environment the suite was launched with, minus a lock chosen by env var."""

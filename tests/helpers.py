@@ -71,3 +71,13 @@ def make_venv(where: Path) -> Venv:
     python = where / ("Scripts" if os.name == "nt" else "bin") / "python"
     site = run_ok(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
     return Venv(where, python, site)
+
+
+def openblas_architecture(lock: Path) -> str:
+    """The OpenBLAS core type numpy's BLAS had when `lock` was captured ("" when numpy's BLAS is not OpenBLAS)."""
+    from envlock.lockfile import load
+
+    loaded, _ = load(lock)
+    (target,) = loaded.targets.values()
+    found = [lib.architecture for lib in target.blas.libraries if lib.id == "numpy-openblas"]
+    return found[0] if found else ""

@@ -17,38 +17,29 @@ from envlock.probes.packages import collect_packages
 from tests.helpers import ENVLOCK, clean_env, console, write_lock
 
 
-@pytest.fixture(scope="module")
-def live_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lock of this machine, captured by the console script in a clean environment."""
-    folder = tmp_path_factory.mktemp("live")
-    done = console("capture", "-o", folder / "envlock.lock", cwd=folder)
-    assert done.returncode == 0, done.stderr
-    return folder / "envlock.lock"
-
-
 @pytest.mark.slow
-def test_a_terminal_that_cannot_show_arrows_still_gets_the_verdict(live_lock: Path) -> None:
-    done = console("verify", "--fast", live_lock, cwd=live_lock.parent, env=clean_env(PYTHONIOENCODING="ascii"))
+def test_a_terminal_that_cannot_show_arrows_still_gets_the_verdict(console_lock: Path) -> None:
+    done = console("verify", "--fast", console_lock, cwd=console_lock.parent, env=clean_env(PYTHONIOENCODING="ascii"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("envlock verify: OK")
     assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
-def test_a_closed_pipe_or_a_full_disk_is_one_line_and_exit_2(live_lock: Path) -> None:
+def test_a_closed_pipe_or_a_full_disk_is_one_line_and_exit_2(console_lock: Path) -> None:
     with open("/dev/full", "w") as full:
-        done = subprocess.run([str(ENVLOCK), "verify", "--fast", str(live_lock)], stdout=full, stderr=subprocess.PIPE,
-                              text=True, env=clean_env(), cwd=live_lock.parent, check=False)
+        done = subprocess.run([str(ENVLOCK), "verify", "--fast", str(console_lock)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=console_lock.parent, check=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["envlock: error: cannot write the output: No space left on device"]
 
 
-def test_empty_variables_count_as_unset(live_lock: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_variables_count_as_unset(console_lock: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from envlock.verifying import verify
 
     monkeypatch.setenv("OMP_NUM_THREADS", "")
     monkeypatch.setenv("PYTHONHASHSEED", "")
-    report = verify(live_lock, fast=True)
+    report = verify(console_lock, fast=True)
     assert [f.path for f in report.findings if f.path.startswith("floats.env.")] == []
 
 
@@ -62,22 +53,22 @@ def test_an_out_of_range_source_date_epoch_is_exit_2(tmp_path: Path, cli: Any,
 
 
 @pytest.mark.slow
-def test_fast_verify_in_a_script_that_loaded_numpy_but_not_torch(live_lock: Path) -> None:
+def test_fast_verify_in_a_script_that_loaded_numpy_but_not_torch(console_lock: Path) -> None:
     code = ("import numpy, envlock, sys; r = envlock.verify(sys.argv[1], fast=True); "
             "print(r.ok, sorted(f.path for f in r.findings))")
-    done = subprocess.run([sys.executable, "-c", code, str(live_lock)], capture_output=True, text=True,
-                          env=clean_env(), cwd=live_lock.parent, check=False)
+    done = subprocess.run([sys.executable, "-c", code, str(console_lock)], capture_output=True, text=True,
+                          env=clean_env(), cwd=console_lock.parent, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True []"
 
 
 @pytest.mark.slow
-def test_the_new_fp32_precision_api_does_not_break_verify(live_lock: Path) -> None:
+def test_the_new_fp32_precision_api_does_not_break_verify(console_lock: Path) -> None:
     code = ("import torch, envlock, sys; torch.backends.cuda.matmul.fp32_precision = 'tf32'; "
             "r = envlock.verify(sys.argv[1], fast=True); "
             "print(sorted(f.path for f in r.findings if f.path.startswith('floats.torch')))")
-    done = subprocess.run([sys.executable, "-c", code, str(live_lock)], capture_output=True, text=True,
-                          env=clean_env(), cwd=live_lock.parent, check=False)
+    done = subprocess.run([sys.executable, "-c", code, str(console_lock)], capture_output=True, text=True,
+                          env=clean_env(), cwd=console_lock.parent, check=False)
     assert done.returncode == 0, done.stderr
     assert "floats.torch.matmul_fp32_precision" in done.stdout
 

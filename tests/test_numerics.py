@@ -42,7 +42,7 @@ from envlock.numerics import (
     sensitive_torch,
 )
 from envlock.policy import default_policy
-from tests.helpers import clean_env, console
+from tests.helpers import clean_env, console, openblas_architecture
 
 BIN = Path(sys.executable).parent
 ENVLOCK = BIN / ("envlock.exe" if os.name == "nt" else "envlock")
@@ -299,24 +299,12 @@ def test_probe_shapes_in_policy_are_captured_and_replayed(probe_lock: Path, monk
 # --- 1b. fresh processes: the real console script --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def console_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lock captured by the console script in a fresh process, numerics env vars unset."""
-    pytest.importorskip("torch")
-    pytest.importorskip("numpy")
-    work = tmp_path_factory.mktemp("console")
-    done = console("capture", "-o", "envlock.lock", cwd=work)
-    assert done.returncode == 0, done.stderr
-    return work / "envlock.lock"
-
 
 def _openblas_architecture(lock: Path) -> str:
-    loaded, _ = load(lock)
-    (target,) = loaded.targets.values()
-    found = [lib.architecture for lib in target.blas.libraries if lib.id == "numpy-openblas"]
-    if not found or not found[0]:
+    found = openblas_architecture(lock)
+    if not found:
         pytest.skip("numpy here is not built on OpenBLAS (or threadpoolctl does not see its core type)")
-    return found[0]
+    return found
 
 
 @pytest.mark.slow

@@ -25,7 +25,16 @@ from envlock.compare import Finding
 from envlock.probes.packages import collect_packages
 from envlock.verifying import EnvMismatchError, Report, check, deep_findings
 from envlock.verifying import verify as verify_api
-from tests.helpers import Venv, clean_env, console, make_venv, run_ok, write_facts, write_lock
+from tests.helpers import (
+    Venv,
+    clean_env,
+    console,
+    make_venv,
+    openblas_architecture,
+    run_ok,
+    write_facts,
+    write_lock,
+)
 
 CREATED = "2024-01-01T00:00:00Z"
 BIN = Path(sys.executable).parent
@@ -313,27 +322,9 @@ def test_an_env_var_unset_since_capture_is_an_error(
 # --- the real console script: OpenBLAS kernel, and clean runs ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def console_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lock captured by the console script in a fresh process, numerics env vars unset."""
-    work = tmp_path_factory.mktemp("console")
-    done = console("capture", "-o", "envlock.lock", cwd=work)
-    assert done.returncode == 0, done.stderr
-    return work / "envlock.lock"
-
-
-def _openblas_architecture(lock: Path) -> str:
-    from envlock.lockfile import load
-
-    loaded, _ = load(lock)
-    (target,) = loaded.targets.values()
-    (library,) = [lib for lib in target.blas.libraries if lib.id == "numpy-openblas"]
-    return library.architecture
-
-
 @pytest.mark.slow
 def test_openblas_coretype_changes_the_kernel_and_is_named(console_lock: Path) -> None:
-    default = _openblas_architecture(console_lock)
+    default = openblas_architecture(console_lock)
     other = "Haswell" if default.lower() != "haswell" else "Sandybridge"
     env = clean_env(OPENBLAS_CORETYPE=other)
 
