@@ -128,7 +128,9 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
     except RecursionError:
         raise FactsError(name, "nesting is too deep; not a facts dump") from None
     except ValueError as exc:
-        raise FactsError(name, f"not valid JSON: {exc}") from None
+        looks_like_lock = b"\n[lock]" in raw or raw.startswith(b"[lock]")
+        hint = " (this is a lock; facts come from `envlock facts -o FILE`)" if looks_like_lock else ""
+        raise FactsError(name, f"not a facts dump: not valid JSON ({exc}){hint}") from None
     if not isinstance(facts, dict) or "envlock_facts" not in facts:
         raise FactsError(name, "not an envlock facts dump (no `envlock_facts` key)")
     if facts["envlock_facts"] != FACTS_FORMAT:

@@ -533,7 +533,9 @@ def _set(path: list[Any], value: Any) -> Any:
 
 BAD_FACTS: list[tuple[str, Any, str]] = [
     # (id, content or edit of this machine's facts, regex for what follows "<file>: " on the one line)
-    ("not-json", b"hello {", r"not valid JSON: "),
+    ("not-json", b"hello {", r"not a facts dump: not valid JSON \("),
+    ("a-lock", b"# envlock lock file\n\n[lock]\nschema = \"1.0\"\n",
+     r"not a facts dump: not valid JSON .*\(this is a lock; facts come from `envlock facts -o FILE`\)"),
     ("not-utf8", b"\xff\xfe{}", r"not UTF-8 text"),
     ("json-array", b"[1, 2]", r"not an envlock facts dump"),
     ("not-a-facts-dump", b'{"name": "x"}', r"not an envlock facts dump \(no `envlock_facts` key\)"),
