@@ -95,10 +95,11 @@ def run_fleet_verify(options: argparse.Namespace | Any, facts: Any, paths: list[
     """`verify --distributed`: rank 0 prints the fleet's report; another rank prints one line to stderr, only when
     its own verify failed or no verdict came; every rank returns the fleet's exit code."""
     from envlock.fleet import render_fleet, render_rank_line, verify_fleet
+    from envlock.verifying import VerifyOptions
 
-    report = verify_fleet(options.lock, timeout=options.timeout, fast=options.fast, deep=options.deep, facts=facts,
-                          facts_name=", ".join(paths), ignore=options.ignore, warn=options.warn,
-                          target=options.target, init_cuda=True)
+    report = verify_fleet(options.lock, VerifyOptions(
+        fast=options.fast, deep=options.deep, facts=facts, facts_name=", ".join(paths), ignore=tuple(options.ignore),
+        warn=tuple(options.warn), target=options.target, init_cuda=True), timeout=options.timeout)
     if report.rank == 0:
         if options.as_json:
             import json

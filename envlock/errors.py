@@ -1,12 +1,33 @@
-"""The exceptions envlock raises; the CLI maps each to one line and an exit code."""
+"""Every exception envlock raises, and the one table of exit codes they map to.
+
+The core raises; it never prints and never exits. `envlock.cli` has the one handler that turns an exception into
+one line on stderr and its code (`exit_for`).
+"""
 
 from __future__ import annotations
+
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from envlock.findings import Report
+
+
+class ExitCode(IntEnum):
+    """What an envlock command's exit status means."""
+
+    OK = 0
+    MISMATCH = 1  # verify or diff found an error-severity mismatch
+    BAD_INPUT = 2  # usage, a missing or invalid lock or facts file, hostile content
+    UNAVAILABLE = 3  # the environment cannot be examined or used (NVML broken, daemon down, no store)
+    BUILD = 4  # an image build step failed
+    INTERRUPTED = 130  # Ctrl-C
 
 
 class EnvlockError(Exception):
     """Base class: a problem envlock can explain in one line."""
 
-    exit_code = 2
+    exit_code: int = ExitCode.BAD_INPUT
 
 
 class UsageError(EnvlockError):
@@ -31,4 +52,37 @@ class FactsError(LockError):
 class EnvironmentUnavailable(EnvlockError):
     """The environment cannot be examined (a driver that will not load, a daemon that is down)."""
 
-    exit_code = 3
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class BuildError(EnvlockError):
+    """A step of the image build failed (a wheel that cannot be found or checked, the engine's build)."""
+
+    exit_code = ExitCode.BUILD
+
+
+class EnvMismatchError(EnvlockError):
+    """Raised by `envlock.check()` when the environment does not match the lock; carries the report.
+
+    `exit_code` is the mismatch code, or the fleet's verdict for a distributed check (a rank that could not be
+    examined makes the whole fleet exit 3).
+    """
+
+    def __init__(self, report: Report, exit_code: int = ExitCode.MISMATCH) -> None:
+        self.report = report
+        self.exit_code = exit_code
+        errors = report.errors
+        listed = "; ".join(f"{f.path}: expected {f.expected}, found {f.actual}" for f in errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"environment does not match {report.lock}: {listed}{more}")
+
+
+def exit_for(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message for an exception that ends a command."""
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted"
+    if isinstance(exc, EnvlockError):
+        return int(exc.exit_code), str(exc)
+    if isinstance(exc, OSError):  # only output that cannot be written reaches here (see envlock.cli.console)
+        return ExitCode.BAD_INPUT, f"cannot write the output: {exc.strerror or exc}"
+    raise exc

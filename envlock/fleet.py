@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-from envlock.compare import UNSET, Finding, _flatten, _text, flatten_software, flatten_target
-from envlock.errors import EnvironmentUnavailable, EnvlockError, UsageError
+from envlock.compare import _flatten, flatten_software, flatten_target
+from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError, UsageError
+from envlock.findings import ABSENT, UNSET, Finding, Report, ordered
+from envlock.findings import clip as _fit
+from envlock.findings import text as _text
 from envlock.lockfile import default_lock_path
 from envlock.model import Lock, Policy, to_dict
 from envlock.policy import explicit_rule, rule_for
-from envlock.verifying import EnvMismatchError, Report, verify
+from envlock.verifying import Verification, VerifyOptions, examine
 
 #: Bytes each rank writes (its fingerprint, padded) and rank 0 writes back (the verdict): constant per rank.
 FINGERPRINT_BYTES = 768
@@ -89,7 +92,7 @@ class RankSummary:
 
 
 def _clip(text: str, width: int = MAX_VALUE) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return _fit(text, width)
 
 
 def section_of(path: str) -> str:
@@ -125,15 +128,15 @@ def _sha(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def summarize(rank: int, host: str, report: Report | None = None, error: EnvlockError | None = None) -> RankSummary:
-    """This rank's summary: from its verify report, or from the error that stopped its verify."""
-    if report is None:
+def summarize(rank: int, host: str, verification: Verification | None = None,
+              error: EnvlockError | None = None) -> RankSummary:
+    """This rank's summary: from its verification, or from the error that stopped its verify."""
+    if verification is None:
         code = error.exit_code if error is not None else 3
         return RankSummary(rank=rank, host=_clip(host, 64), code=code,
                            message=_clip(str(error) if error is not None else "no report", 200))
-    values: dict[str, str] = {}
-    if report.current is not None and report.policy is not None:
-        values = comparable_values(report.current, report.policy, report.skipped)
+    report = verification.report
+    values = comparable_values(verification.observed.current, verification.policy, report.skipped)
     per_section: dict[str, dict[str, str]] = {}
     for path, value in values.items():
         per_section.setdefault(section_of(path), {})[path] = value
@@ -272,7 +275,7 @@ def fleet_differences(summaries: Sequence[RankSummary]) -> tuple[list[Difference
         return [], []
     differences = []
     for key in sorted({k for s in verified for k in s.keys}):
-        default = UNSET if key.startswith("floats.env.") else "(absent)"
+        default = UNSET if key.startswith("floats.env.") else ABSENT
         values: dict[str, list[int]] = {}
         for s in verified:
             values.setdefault(s.keys.get(key, default), []).append(s.rank)
@@ -428,7 +431,7 @@ def render_fleet(report: FleetReport, *, quiet: bool = False) -> list[str]:
             text = _failing_text(s, limit=5)
         if decision.homogeneity and s.digest:
             failing = {p for p, _, _ in s.failing}
-            shown = [f"{k} {s.keys.get(k, UNSET if k.startswith('floats.env.') else '(absent)')}"
+            shown = [f"{k} {s.keys.get(k, UNSET if k.startswith('floats.env.') else ABSENT)}"
                      for k in differing if k != "target" and k not in failing]
             if s.code == 0 or shown:
                 text += f" [fingerprint {s.digest[:8]}" + (": " + ", ".join(shown) if shown else "") + "]"
@@ -625,8 +628,8 @@ def _first_line(exc: BaseException) -> str:
 # --- the entry points ---------------------------------------------------------------------------------------------
 
 
-def verify_fleet(path: str | os.PathLike[str] | None = None, *, timeout: float | None = None,
-                 host: str | None = None, **verify_kwargs: Any) -> FleetReport:
+def verify_fleet(path: str | os.PathLike[str] | None = None, options: VerifyOptions = VerifyOptions(), *,
+                 timeout: float | None = None, host: str | None = None) -> FleetReport:
     """Verify this rank, exchange fingerprints with every rank, and return the fleet's verdict as this rank sees it.
 
     An EnvlockError in this rank's own verify is reported to the fleet (its exit code joins the verdict) rather than
@@ -634,18 +637,19 @@ def verify_fleet(path: str | os.PathLike[str] | None = None, *, timeout: float |
     """
     bound = resolve_timeout(timeout)
     check_launcher()
-    report: Report | None = None
+    verification: Verification | None = None
     error: EnvlockError | None = None
     try:
-        report = verify(path, **verify_kwargs)
+        verification = examine(path, options)
     except EnvlockError as exc:
         error = exc
+    report = verification.report if verification is not None else None
     with joined(bound) as (store, rank, world, generation):
-        summary = summarize(rank, host or socket.gethostname(), report, error)
+        summary = summarize(rank, host or socket.gethostname(), verification, error)
         payload = encode_summary(summary)
         try:
             got = exchange(store, rank, world, payload, bound,
-                           policy=report.policy if report is not None else None, generation=generation)
+                           policy=verification.policy if verification is not None else None, generation=generation)
         except RuntimeError as exc:
             raise EnvironmentUnavailable(f"rank {rank}: the fleet exchange failed: {_first_line(exc)}") from None
     findings = list(report.findings) if report is not None else []
@@ -658,18 +662,17 @@ def verify_fleet(path: str | os.PathLike[str] | None = None, *, timeout: float |
     return FleetReport(
         lock=report.lock if report is not None else str(path or default_lock_path()),
         target=report.target if report is not None else "",
-        findings=tuple(sorted(findings, key=lambda f: (f.severity != "error", f.path))),
+        findings=ordered(findings),
         skipped=report.skipped if report is not None else (), notes=notes,
         rank=rank, world_size=world, exit_code=got.code, verdict=got.line, timeout=bound, me=summary,
         ranks=got.summaries, missing=got.missing, decision=got.decision, got_verdict=got.got_verdict,
     )
 
 
-def check_fleet(path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FleetReport:
+def check_fleet(path: str | os.PathLike[str] | None = None, options: VerifyOptions = VerifyOptions(), *,
+                timeout: float | None = None, host: str | None = None) -> FleetReport:
     """Like verify_fleet(), but raise EnvMismatchError (exit code = the fleet's) when the fleet is not ok."""
-    report = verify_fleet(path, **kwargs)
+    report = verify_fleet(path, options, timeout=timeout, host=host)
     if not report.ok:
-        error = EnvMismatchError(report)
-        error.exit_code = report.exit_code
-        raise error
+        raise EnvMismatchError(report, report.exit_code)
     return report

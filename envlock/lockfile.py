@@ -96,6 +96,25 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
         raise LockError(name, "not valid TOML: a number is too long") from None
 
 
+def find_project_policy(start: Path) -> tuple[str, dict[str, Any]] | None:
+    """(file, its [tool.envlock] table) from the nearest pyproject.toml at or above `start`, or None."""
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            text = read_text(candidate)
+            if "envlock" not in text:
+                return None  # another project's file, perhaps one envlock cannot read: none of envlock's business
+            data = parse_toml(text, str(candidate))
+            tool = data.get("tool", {})
+            section = tool.get("envlock") if isinstance(tool, dict) else None
+            if section is None:
+                return None
+            if not isinstance(section, dict):
+                raise LockError(str(candidate), "expected a table", "tool.envlock")
+            return str(candidate), section
+    return None
+
+
 def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
     """Refuse an unknown major schema version; return warnings for a newer minor."""
     header = data.get("lock")

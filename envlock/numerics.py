@@ -555,7 +555,7 @@ def classify(expected: Any, actual: Any, errors: dict[str, str]) -> list[KernelV
 
 
 def _changed(want: dict[str, Any], have: dict[str, Any], path: str) -> str:
-    from envlock.compare import _text
+    from envlock.findings import text as _text
 
     a, b = want.get(path), have.get(path)
     return "" if a == b else f"{_text(a)} → {_text(b)}"
@@ -671,7 +671,7 @@ def compare_numerics(expected: Any, actual: Any, errors: dict[str, str], policy:
     Rules per kernel (`numerics.<id>`): exact = the same bits (default); compatible = the same precision class and
     canaries (order drift allowed); ignore.
     """
-    from envlock.compare import Finding
+    from envlock.findings import Finding
     from envlock.policy import rule_for
 
     want, have = context

@@ -1,8 +1,13 @@
-"""The default policy written into new locks, and how a dotted path finds its rule."""
+"""The default policy written into new locks, how a dotted path finds its rule, and how the policy sources merge."""
 
 from __future__ import annotations
 
-from envlock.model import Policy, Rule
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from envlock.errors import LockError, UsageError
+from envlock.model import POLICY_KEY, ModelError, Policy, Rule, from_dict
 
 # Dotted-path pattern -> (rule, severity). `*` stands for exactly one segment; the most specific pattern wins.
 DEFAULT_RULES: dict[str, tuple[str, str]] = {
@@ -85,3 +90,44 @@ def explicit_rule(policy: Policy, path: str) -> Rule | None:
 def rule_for(policy: Policy, path: str) -> Rule:
     """The rule that governs `path`: the most specific matching pattern, else exact/error."""
     return explicit_rule(policy, path) or Rule(rule="exact", severity="error")
+
+
+def merge_policy(
+    base: Policy,
+    project: tuple[str, Mapping[str, Any]] | None = None,
+    *,
+    ignore: Iterable[str] = (),
+    warn: Iterable[str] = (),
+) -> Policy:
+    """The lock's [policy], overridden by `project` ((file, its [tool.envlock] table)), then by --ignore / --warn."""
+    rules = dict(base.rules)
+    missing, extra = base.missing_packages, base.extra_packages
+    if project is not None:
+        file, section = project
+        try:
+            extra_policy = from_dict(Policy, dict(section), "tool.envlock")
+        except ModelError as exc:
+            raise LockError(file, exc.message, exc.where) from None
+        rules.update(extra_policy.rules)
+        if "missing_packages" in section:
+            missing = extra_policy.missing_packages
+        if "extra_packages" in section:
+            extra = extra_policy.extra_packages
+    # Per-run options win over every file: a pattern also overrides the more specific rules it covers.
+    overrides = [(check_pattern(p, "--ignore"), "ignore") for p in ignore]
+    overrides += [(check_pattern(p, "--warn"), "warn") for p in warn]
+    for pattern, kind in overrides:
+        for key in [k for k in rules if subsumes(pattern, k)] + [pattern]:
+            current = rules.get(key, Rule(rule="exact"))
+            if kind == "ignore":
+                rules[key] = Rule(rule="ignore", severity="warn")
+            else:
+                rules[key] = Rule(rule=current.rule if current.rule != "ignore" else "exact", severity="warn")
+    return Policy(missing_packages=missing, extra_packages=extra, rules=rules)
+
+
+def check_pattern(pattern: str, option: str) -> str:
+    """`pattern` when it is a dotted-path pattern, else a UsageError naming the option."""
+    if not re.fullmatch(POLICY_KEY, pattern):
+        raise UsageError(f"{option} {pattern!r}: expected a dotted path such as packages.numpy.version or cpu.*")
+    return pattern

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import textwrap
 
-from envlock.verifying import Report
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+from envlock.findings import Report
+from envlock.findings import clip as _clip
 
 
 def render_text(report: Report, *, title: str = "verify", quiet: bool = False) -> list[str]:

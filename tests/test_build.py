@@ -24,9 +24,9 @@ from envlock.build.context import pack_context, write_context
 from envlock.build.engine import build_image, clean, connect, follow
 from envlock.build.refs import check_base, check_tag
 from envlock.build.render import Requirement, lock_env, render_dockerfile, render_requirements
-from envlock.build.wheels import BuildError, check_wheel, compatible, find_wheel, gather, wheel_files_digest
+from envlock.build.wheels import check_wheel, compatible, find_wheel, gather, wheel_files_digest
 from envlock.capturing import build_lock
-from envlock.errors import EnvironmentUnavailable, LockError, UsageError
+from envlock.errors import BuildError, EnvironmentUnavailable, LockError, UsageError
 from envlock.lockfile import content_hash, dumps, load
 from envlock.model import Package, PythonSection
 

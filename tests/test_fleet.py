@@ -129,10 +129,10 @@ def test_quiet_prints_nothing_for_a_healthy_fleet() -> None:
 
 def test_a_gpu_host_fingerprint_fits_and_round_trips() -> None:
     from envlock.facts import load_facts
-    from envlock.verifying import verify
+    from envlock.verifying import VerifyOptions, examine
 
-    report = verify(H100 / "expected.lock", facts=load_facts(H100 / "facts.json"))
-    summary = summarize(5, "node-h100-0017.cluster.example.org", report)
+    verification = examine(H100 / "expected.lock", VerifyOptions(facts=load_facts(H100 / "facts.json")))
+    summary = summarize(5, "node-h100-0017.cluster.example.org", verification)
     encoded = encode_summary(summary)
     assert len(encoded) == FINGERPRINT_BYTES
     assert decode_summary(encoded, 5) == summary

@@ -21,7 +21,7 @@ import pytest
 
 import envlock
 from envlock import numerics
-from envlock.compare import Finding
+from envlock.findings import Finding
 from envlock.lockfile import load
 from envlock.model import NumericsSection, Policy, Rule
 from envlock.numerics import (

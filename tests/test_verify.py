@@ -21,9 +21,11 @@ import pytest
 import envlock
 from envlock import entry
 from envlock.capturing import build_lock
-from envlock.compare import Finding
+from envlock.compare import modified_findings
+from envlock.errors import EnvMismatchError
+from envlock.findings import Finding, Report
 from envlock.probes.packages import collect_packages
-from envlock.verifying import EnvMismatchError, Report, check, deep_findings
+from envlock.verifying import check, modified_files
 from envlock.verifying import verify as verify_api
 from tests.helpers import (
     Venv,
@@ -237,13 +239,13 @@ def test_deep_names_the_file_edited_inside_an_installed_package(
 ) -> None:
     facts = tiny_facts(machine_facts, tiny_venv)
     lock = build_lock(facts, created=CREATED)
-    assert deep_findings(facts, lock) == []
+    assert modified_findings(modified_files(facts, lock), lock) == []
 
     module = Path(tiny_venv.site, "tiny_pkg", "util.py")
     module.write_text("def twice(x):\n    return 3 * x\n", encoding="utf-8")
     Path(tiny_venv.site, "tiny_pkg", "__init__.py").unlink()
 
-    (found,) = deep_findings(facts, lock)
+    (found,) = modified_findings(modified_files(facts, lock), lock)
     assert (found.path, found.severity) == (f"packages.{TINY}.files", "error")
     assert "tiny_pkg/util.py (modified)" in found.hint
     assert "tiny_pkg/__init__.py (missing)" in found.hint

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envlock._version import __version__
-from envlock.build.wheels import BuildError
-from envlock.errors import UsageError
+from envlock.errors import BuildError, UsageError
 
 __all__ = ["BuildError", "BuildResult", "build"]
 

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from envlock.build.wheels import BuildError
-from envlock.errors import EnvironmentUnavailable, UsageError
+from envlock.errors import BuildError, EnvironmentUnavailable, UsageError
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f\x9b]")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")

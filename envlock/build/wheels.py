@@ -15,15 +15,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from envlock.errors import EnvlockError, UsageError
+from envlock.errors import BuildError, UsageError
 from envlock.model import Lock, Package, PythonSection
 from envlock.probes.packages import canonical_name, record_digest
-
-
-class BuildError(EnvlockError):
-    """An image build step failed (exit 4)."""
-
-    exit_code = 4
 
 
 @dataclass(frozen=True)

@@ -2,40 +2,22 @@
 
 Both sides are flattened to dotted paths (`packages.numpy.version`, `floats.env.OMP_NUM_THREADS`,
 `blas.libraries.numpy-openblas.architecture`); the policy decides, per path, how values are compared and how
-loud a difference is; `envlock.hints` explains each difference.
+loud a difference is; `envlock.compare.hints` explains each difference.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from envlock.findings import ABSENT, UNSET, Finding, ordered, text
 from envlock.model import Lock, Policy, Rule, Target, to_dict
 from envlock.policy import explicit_rule, rule_for
 
-UNSET = "(unset)"
-ABSENT = "(absent)"
-
 #: Sections a caller may leave out of the comparison (`--fast` leaves out those that need torch or numpy).
 SECTIONS = ("python", "packages", "floats.env", "floats.torch", "platform", "cpu", "blas", "threads", "gpu")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One mismatch: where, what the lock says, what was found, how loud, and the likely cause."""
-
-    path: str
-    expected: str
-    actual: str
-    severity: str
-    hint: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        """Plain data for JSON output."""
-        return {"path": self.path, "expected": self.expected, "actual": self.actual,
-                "severity": self.severity, "hint": self.hint}
 
 
 @dataclass(frozen=True)
@@ -54,16 +36,6 @@ class Comparison:
     @property
     def warnings(self) -> int:
         return sum(1 for f in self.findings if f.severity == "warn")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ABSENT
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    return str(value)
 
 
 def _flatten(prefix: str, data: Any, out: dict[str, Any]) -> None:
@@ -224,7 +196,7 @@ def compare_locks(
     numerics_errors: dict[str, str] | None = None,
 ) -> Comparison:
     """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy."""
-    from envlock.hints import hint_for
+    from envlock.compare.hints import hint_for
 
     numerics_errors = numerics_errors or {}
     policy = policy or expected.policy
@@ -265,8 +237,26 @@ def compare_locks(
         from envlock.numerics import compare_numerics
 
         findings += tuple(compare_numerics(want_numerics, have_numerics, numerics_errors, policy, context))
-    ordered = tuple(sorted(findings, key=lambda f: (f.severity != "error", f.path)))
-    return Comparison(findings=ordered, skipped=skip, target=name, notes=tuple(notes))
+    return Comparison(findings=ordered(findings), skipped=skip, target=name, notes=tuple(notes))
+
+
+def modified_findings(modified: Mapping[str, tuple[tuple[str, str], ...]], lock: Lock) -> list[Finding]:
+    """One finding per locked package with files changed since install (`verify --deep`): name -> (file, what)."""
+    findings = []
+    for name, problems in sorted(modified.items()):
+        if name not in lock.packages or not problems:
+            continue
+        shown = ", ".join(f"{path} ({what})" for path, what in problems[:5])
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        findings.append(Finding(
+            path=f"packages.{name}.files",
+            expected="files as installed (RECORD)",
+            actual=f"{len(problems)} file(s) changed",
+            severity="error",
+            hint=f"modified inside {name}: {shown}{more}; "
+                 f"pip install --force-reinstall --no-deps {name}=={lock.packages[name].version} restores it",
+        ))
+    return findings
 
 
 #: The oldest driver of each CUDA major version (CUDA minor-version compatibility, NVIDIA's compatibility guide).
@@ -307,7 +297,7 @@ def _describe(path: str, value: Any, expected: bool) -> str:
         if path.startswith("blas.libraries.") and path.count(".") == 2:
             return "not loaded"
         return ABSENT
-    return _text(value)
+    return text(value)
 
 
 def choose_target(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from envlock.findings import UNSET
 from envlock.model import Rule
-
-UNSET = "(unset)"
 
 # floats.torch.<flag> -> the line of code that sets it back (`{value}` is the locked value).
 TORCH_SETTERS = {
