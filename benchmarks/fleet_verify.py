@@ -23,7 +23,8 @@ from datetime import timedelta
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import time_command
 
-from envlock.fleet import FINGERPRINT_BYTES, VERDICT_BYTES, RankSummary, encode_summary, exchange
+from envlock.fleet.store import exchange
+from envlock.fleet.wire import FINGERPRINT_BYTES, VERDICT_BYTES, RankSummary, encode_summary
 
 
 def job_times(argv: list[str], runs: int, env: dict[str, str], cwd: str) -> list[float]:

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from envlock._version import __version__
+from envlock.atomic import write_atomic
 from envlock.errors import EnvlockError, FactsError, LockError, UsageError
+from envlock.facts import collect_facts
+from envlock.hashes import artifact_hashes
+from envlock.lockfile import dumps, load, parse_toml, read_text, seal
 from envlock.model import (
     SCHEMA_VERSION,
     Lock,
@@ -22,7 +26,16 @@ from envlock.model import (
     from_dict,
     to_dict,
 )
+from envlock.numerics import MAX_WORK, parse_numerics, shape_work
 from envlock.policy import default_policy
+from envlock.probes.blas import parse_blas
+from envlock.probes.cpu import parse_cpu
+from envlock.probes.cuda import parse_cuda
+from envlock.probes.floats import parse_floats, parse_threads
+from envlock.probes.gpu import parse_gpu
+from envlock.probes.packages import canonical_name, parse_packages
+from envlock.probes.platform import parse_platform
+from envlock.probes.python import parse_python
 
 PLACEHOLDER_HASH = "sha256:" + "0" * 64
 
@@ -49,23 +62,11 @@ def target_name(target: Target) -> str:
 def _parse_numerics(raw: Any) -> Any:
     if raw is None:
         return None  # the probe's module is not imported on the job-start path
-    from envlock.numerics import parse_numerics
-
     return parse_numerics(raw)
 
 
 def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: str = "") -> Lock:
     """The lock the given raw facts imply (pure: the same facts always give the same lock)."""
-    from envlock.lockfile import seal
-    from envlock.probes.blas import parse_blas
-    from envlock.probes.cpu import parse_cpu
-    from envlock.probes.cuda import parse_cuda
-    from envlock.probes.floats import parse_floats, parse_threads
-    from envlock.probes.gpu import parse_gpu
-    from envlock.probes.packages import parse_packages
-    from envlock.probes.platform import parse_platform
-    from envlock.probes.python import parse_python
-
     if not isinstance(facts, dict):
         raise ModelError("", "expected an object")
     torch = facts.get("torch")
@@ -95,7 +96,6 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
 @dataclass(frozen=True)
 class CaptureResult:
     """What a capture wrote."""
-
     path: Path
     lock: Lock
     kept_policy: bool
@@ -105,8 +105,6 @@ class CaptureResult:
 
 def _previous(path: Path) -> tuple[str | None, Policy | None]:
     """The old lock's text and its (validated) policy, so a re-capture can keep them."""
-    from envlock.lockfile import parse_toml, read_text
-
     if not path.exists():
         return None, None
     text = read_text(path)
@@ -142,9 +140,6 @@ def capture(
     With `add_target`, the machine becomes one more hardware target of the existing lock, whose software
     sections it must match.
     """
-    from envlock.atomic import write_atomic
-    from envlock.facts import collect_facts
-    from envlock.lockfile import dumps
 
     path = Path(output)
     if add_target and force:
@@ -154,8 +149,6 @@ def capture(
         raise LockError(str(path), "no lock to add a target to (capture one first, without --add-target)")
     if facts is None:
         shapes = policy.probe_shapes if policy is not None else ()
-        from envlock.numerics import MAX_WORK, shape_work
-
         for shape in shapes:
             if shape_work(shape) > MAX_WORK:
                 raise LockError(str(path), f"probe shape {shape} is too large (m·n·k over {MAX_WORK})",
@@ -181,9 +174,6 @@ def capture(
 
 def with_artifact_hashes(facts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The facts with each index package's artifact hashes (from the index), and the packages it had none for."""
-    from envlock.hashes import artifact_hashes
-    from envlock.probes.packages import canonical_name
-
     packages = facts.get("packages")
     if not isinstance(packages, list):
         return facts, []
@@ -211,8 +201,6 @@ def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None
 
 def _with_target(path: Path, new: Lock) -> tuple[Lock, str]:
     """The existing lock at `path` with `new`'s only target added; its software must be the lock's."""
-    from envlock.lockfile import load, seal
-
     old, _ = load(path)
     old_data, new_data = to_dict(old), to_dict(new)
     for section in SOFTWARE:

@@ -94,7 +94,8 @@ def run_verify(options: argparse.Namespace | Any) -> int:
 def run_fleet_verify(options: argparse.Namespace | Any, facts: Any, paths: list[str]) -> int:
     """`verify --distributed`: rank 0 prints the fleet's report; another rank prints one line to stderr, only when
     its own verify failed or no verdict came; every rank returns the fleet's exit code."""
-    from envlock.fleet import render_fleet, render_rank_line, verify_fleet
+    from envlock.fleet import verify_fleet
+    from envlock.report import render_fleet, render_rank_line
     from envlock.verifying import VerifyOptions
 
     report = verify_fleet(options.lock, VerifyOptions(

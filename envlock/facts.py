@@ -11,6 +11,17 @@ from typing import Any
 
 from envlock._version import __version__
 from envlock.errors import FactsError
+from envlock.model import ModelError
+from envlock.numerics import collect_numerics, default_kernels
+from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
+from envlock.probes.cpu import collect_cpu
+from envlock.probes.cuda import collect_cuda
+from envlock.probes.floats import collect_env, collect_torch
+from envlock.probes.gpu import collect_gpu
+from envlock.probes.nvsmi import parse_nvidia_smi_xml
+from envlock.probes.packages import collect_packages
+from envlock.probes.platform import collect_platform
+from envlock.probes.python import collect_python
 
 FACTS_FORMAT = 1
 MAX_FACTS_BYTES = 64 * 1024 * 1024
@@ -31,14 +42,6 @@ def collect_facts(
     initialised for SM counts: only for a process of envlock's own, never inside a job that may fork.
     `numerics` runs the probe (its default kernel set plus `probe_shapes`) on what the process has loaded.
     """
-    from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
-    from envlock.probes.cpu import collect_cpu
-    from envlock.probes.cuda import collect_cuda
-    from envlock.probes.floats import collect_env, collect_torch
-    from envlock.probes.gpu import collect_gpu
-    from envlock.probes.packages import collect_packages
-    from envlock.probes.platform import collect_platform
-    from envlock.probes.python import collect_python
 
     # Importing torch is most of a capture's cost: let it run while the cheap collectors read the machine.
     modules = () if fast else NUMERIC_MODULES if use_torch else tuple(m for m in NUMERIC_MODULES if m != "torch")
@@ -87,8 +90,6 @@ def collect_facts(
 
 def run_default_probe(probe_shapes: tuple[str, ...] = ()) -> dict[str, Any]:
     """Raw facts of the probe's default kernel set for what this process has loaded."""
-    from envlock.numerics import collect_numerics, default_kernels
-
     torch = sys.modules.get("torch")
     devices = 0
     if torch is not None:
@@ -140,9 +141,6 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _nvidia_smi_facts(raw: bytes, name: str) -> dict[str, Any]:
     """Partial facts (the GPU part only) from an `nvidia-smi -q -x` report."""
-    from envlock.model import ModelError
-    from envlock.probes.nvsmi import parse_nvidia_smi_xml
-
     try:
         gpu = parse_nvidia_smi_xml(raw.decode("utf-8", "replace"), source_name="nvidia-smi")
     except ModelError as exc:

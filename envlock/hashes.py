@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from envlock.errors import UsageError
+from envlock.probes.packages import canonical_name
 
 
 def artifact_hashes(packages: list[dict[str, Any]], *, pip_args: list[str] | None = None,
@@ -34,8 +35,6 @@ def artifact_hashes(packages: list[dict[str, Any]], *, pip_args: list[str] | Non
 
 def _hashes(packages: list[dict[str, Any]], repository_class: Any, requirement: Any, pip_args: list[str] | None,
             cache_dir: Path | None) -> tuple[dict[str, list[str]], list[str]]:
-    from envlock.probes.packages import canonical_name
-
     cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "envlock" / "pip-tools"
     pip_logger = logging.getLogger("pip")
     level = pip_logger.level

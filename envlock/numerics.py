@@ -17,6 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from envlock._raw import get
+from envlock.findings import Finding
+from envlock.findings import text as _text
+from envlock.model import KernelResult, ModelError, NumericsSection
+from envlock.policy import rule_for
+
 PROBE_VERSION = "envlock-probe-1"
 GENERATOR = "lowbias32-v1"
 M32 = 0xFFFFFFFF
@@ -34,7 +40,6 @@ ERROR_CLASSES = ((20.7, "fp32"), (16.3, "bf16x3"), (11.8, "tf32"), (0.0, "bf16")
 @dataclass(frozen=True)
 class KernelSpec:
     """What to run: enough to replay a kernel exactly at verify time."""
-
     op: str
     library: str
     device: str
@@ -489,9 +494,6 @@ def specs_from_lock(kernels: dict[str, Any]) -> dict[str, KernelSpec]:
 
 def parse_numerics(raw: Any) -> Any:
     """The `numerics` section of a target from raw probe facts (kernels that could not run are left out)."""
-    from envlock._raw import get
-    from envlock.model import KernelResult, ModelError, NumericsSection
-
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -518,7 +520,6 @@ def parse_numerics(raw: Any) -> Any:
 @dataclass(frozen=True)
 class KernelVerdict:
     """How one kernel compares with the lock."""
-
     key: str
     kind: str  # "match", "precision change", "order drift", "nondeterministic", "invalid probe", "did not run"
     expected: str
@@ -555,8 +556,6 @@ def classify(expected: Any, actual: Any, errors: dict[str, str]) -> list[KernelV
 
 
 def _changed(want: dict[str, Any], have: dict[str, Any], path: str) -> str:
-    from envlock.findings import text as _text
-
     a, b = want.get(path), have.get(path)
     return "" if a == b else f"{_text(a)} → {_text(b)}"
 
@@ -671,8 +670,6 @@ def compare_numerics(expected: Any, actual: Any, errors: dict[str, str], policy:
     Rules per kernel (`numerics.<id>`): exact = the same bits (default); compatible = the same precision class and
     canaries (order drift allowed); ignore.
     """
-    from envlock.findings import Finding
-    from envlock.policy import rule_for
 
     want, have = context
     verdicts = classify(expected, actual, errors)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from envlock.errors import UsageError
+from envlock.lockfile import default_lock_path, load
 
 MODES = ("strict", "warn", "off")
 
@@ -22,8 +23,6 @@ def verify_mode() -> str:
 
 def apply_lock_env(lock: Path | None) -> Path:
     """Set (or unset) in os.environ each numerics env var as the lock recorded it; return the lock's path."""
-    from envlock.lockfile import default_lock_path, load
-
     path = lock or default_lock_path()
     loaded, _ = load(path)
     for name, var in loaded.floats.env.items():

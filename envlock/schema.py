@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from envlock.atomic import write_atomic
 from envlock.model import SCHEMA_VERSION, json_schema
 
 SCHEMA_FILE = f"envlock-lock-{SCHEMA_VERSION}.schema.json"
@@ -33,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     """Write the schema into the given folder (default: schemas/ beside the package)."""
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0]) if args else Path(__file__).resolve().parent.parent / "schemas"
-    from envlock.atomic import write_atomic
-
     write_atomic(folder / SCHEMA_FILE, schema_text())
     print(f"wrote {folder / SCHEMA_FILE}")
     return 0

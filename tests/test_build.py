@@ -586,7 +586,7 @@ def test_context_file_is_closed_when_the_daemon_is_unreachable(
         handles.append(handle)
         return handle, sha
 
-    monkeypatch.setattr(context_module, "pack_context", spy)
+    monkeypatch.setattr("envlock.build.pack_context", spy)
     monkeypatch.setenv("DOCKER_HOST", NOWHERE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lock = sealed(tmp_path, lock_data)

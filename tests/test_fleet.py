@@ -18,23 +18,20 @@ from typing import Any
 import pytest
 
 from envlock.errors import UsageError
-from envlock.fleet import (
+from envlock.fleet import FleetReport
+from envlock.fleet.decide import decide, rank_ranges, ranks_label
+from envlock.fleet.store import exchange, resolve_timeout
+from envlock.fleet.wire import (
     FINGERPRINT_BYTES,
     VERDICT_BYTES,
-    FleetReport,
     RankSummary,
-    decide,
     decode_summary,
     encode_summary,
     encode_verdict,
-    exchange,
-    rank_ranges,
-    ranks_label,
-    render_fleet,
-    resolve_timeout,
     summarize,
 )
 from envlock.model import Policy, Rule
+from envlock.report import render_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = ROOT / "fixtures" / "hosts" / "linux-nvidia550-cuda12.4-sapphirerapids-h100x8"

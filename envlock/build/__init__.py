@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envlock._version import __version__
+from envlock.build.context import context_folder_is_usable, pack_context, write_context
+from envlock.build.engine import build_image, connect, image_id, python_version, run_in
+from envlock.build.refs import check_base, check_tag
+from envlock.build.render import Requirement, lock_env, render_dockerfile, render_requirements
+from envlock.build.wheels import default_cache, gather
 from envlock.errors import BuildError, UsageError
+from envlock.lockfile import load, read_text
 
 __all__ = ["BuildError", "BuildResult", "build"]
 
@@ -21,7 +27,6 @@ __all__ = ["BuildError", "BuildResult", "build"]
 @dataclass(frozen=True)
 class BuildResult:
     """What a build produced."""
-
     context_sha256: str
     requirements: int
     context_dir: str = ""
@@ -43,12 +48,6 @@ def build(
     echo: Callable[[str], None] = print,
 ) -> BuildResult:
     """Build (or, with `context_dir`, only write) the image of the lock at `lock_path`."""
-    from envlock.build.context import context_folder_is_usable, pack_context, write_context
-    from envlock.build.refs import check_base, check_tag
-    from envlock.build.render import Requirement, lock_env, render_dockerfile, render_requirements
-    from envlock.build.wheels import default_cache, gather
-    from envlock.lockfile import load, read_text
-
     text = read_text(lock_path)
     lock, _ = load(lock_path)
     if base is None:
@@ -78,8 +77,6 @@ def build(
         archive.close()
         write_context(context_dir, files, wheel_files)
         return BuildResult(context_sha256=context_sha, requirements=len(requirements), context_dir=str(context_dir))
-
-    from envlock.build.engine import build_image, connect, image_id, python_version, run_in
 
     client = connect()
     try:

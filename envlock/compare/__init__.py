@@ -12,9 +12,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from envlock.compare.hints import hint_for
+from envlock.errors import UsageError
 from envlock.findings import ABSENT, UNSET, Finding, ordered, text
 from envlock.model import Lock, Policy, Rule, Target, to_dict
+from envlock.numerics import compare_numerics
 from envlock.policy import explicit_rule, rule_for
+from envlock.probes.cuda import kernels_for
 
 #: Sections a caller may leave out of the comparison (`--fast` leaves out those that need torch or numpy).
 SECTIONS = ("python", "packages", "floats.env", "floats.torch", "platform", "cpu", "blas", "threads", "gpu")
@@ -23,7 +27,6 @@ SECTIONS = ("python", "packages", "floats.env", "floats.torch", "platform", "cpu
 @dataclass(frozen=True)
 class Comparison:
     """The findings of one comparison, and the sections it did not look at."""
-
     findings: tuple[Finding, ...]
     skipped: tuple[str, ...] = ()
     target: str = ""
@@ -196,8 +199,6 @@ def compare_locks(
     numerics_errors: dict[str, str] | None = None,
 ) -> Comparison:
     """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy."""
-    from envlock.compare.hints import hint_for
-
     numerics_errors = numerics_errors or {}
     policy = policy or expected.policy
     skip = tuple(skip)
@@ -234,8 +235,6 @@ def compare_locks(
     want_numerics = expected.targets[name].numerics
     have_numerics = next(iter(actual.targets.values())).numerics
     if want_numerics is not None and have_numerics is not None and "numerics" not in skip:
-        from envlock.numerics import compare_numerics
-
         findings += tuple(compare_numerics(want_numerics, have_numerics, numerics_errors, policy, context))
     return Comparison(findings=ordered(findings), skipped=skip, target=name, notes=tuple(notes))
 
@@ -276,8 +275,6 @@ def cross_checks(expected: Lock, actual: Lock, target: Target, policy: Policy) -
                         rule_for(policy, "gpu.driver_for_cuda")))
     arch = actual.cuda.arch_list if actual.cuda is not None else ()
     if arch:
-        from envlock.probes.cuda import kernels_for
-
         for device in have.devices:
             if device.compute_capability and not kernels_for(arch, device.compute_capability):
                 path = f"cuda.kernels.{device.index}"
@@ -304,8 +301,6 @@ def choose_target(
     expected: Lock, actual: Lock, policy: Policy, skip: tuple[str, ...], wanted: str | None
 ) -> tuple[str, list[str]]:
     """The lock's target this machine should be compared with: the one named, else the closest match."""
-    from envlock.errors import UsageError
-
     if wanted is not None:
         if wanted not in expected.targets:
             raise UsageError(f"no target {wanted!r} in the lock (it has: {', '.join(sorted(expected.targets))})")

@@ -12,6 +12,7 @@ from typing import Any
 
 from envlock._raw import get
 from envlock.model import GpuDevice, GpuSection, MigInstance, ModelError
+from envlock.probes import nvml as sources
 
 PROC_DRIVER = "/proc/driver/nvidia/version"
 NVIDIA_CTL = "/dev/nvidiactl"
@@ -27,8 +28,6 @@ def driver_present(raw: dict[str, Any]) -> bool:
 
 def collect_gpu(*, nvml: bool = True, subprocess: bool = True, init_cuda: bool = False) -> dict[str, Any]:
     """Raw facts about NVIDIA GPUs; `init_cuda` also asks the CUDA driver for SM counts (CLI processes only)."""
-    from envlock.probes.nvml import collect_cuda_driver_devices, collect_nvidia_smi, collect_nvml
-
     raw: dict[str, Any] = {}
     try:
         with open(PROC_DRIVER, encoding="utf-8", errors="replace") as handle:
@@ -42,16 +41,16 @@ def collect_gpu(*, nvml: bool = True, subprocess: bool = True, init_cuda: bool =
         # No NVIDIA kernel driver: nothing NVML could find, and importing it costs a job-start path time.
         raw["nvml_error"] = NO_DRIVER
     elif nvml:
-        found = collect_nvml()
+        found = sources.collect_nvml()
         if "error" in found:
             raw["nvml_error"] = found["error"]
         else:
             raw.update(found)
             if init_cuda and found.get("devices"):
-                raw["cuda_devices"] = collect_cuda_driver_devices()
+                raw["cuda_devices"] = sources.collect_cuda_driver_devices()
             return raw
     if subprocess and "proc_driver_version" in raw:
-        found = collect_nvidia_smi()
+        found = sources.collect_nvidia_smi()
         if "error" in found:
             raw["nvidia_smi_error"] = found["error"]
         else:

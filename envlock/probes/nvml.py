@@ -12,6 +12,9 @@ import ctypes
 import math
 from typing import Any
 
+from envlock.model import ModelError
+from envlock.probes.nvsmi import parse_nvidia_smi_xml
+
 _ENABLED = {0: "Disabled", 1: "Enabled"}
 
 
@@ -155,8 +158,6 @@ def collect_nvidia_smi(timeout: float = 20.0) -> dict[str, Any]:
     import shutil
     import subprocess
 
-    from envlock.model import ModelError
-    from envlock.probes.nvsmi import parse_nvidia_smi_xml
 
     exe = shutil.which("nvidia-smi")
     if exe is None:

@@ -1,0 +1,238 @@
+"""Frozen dataclasses loaded strictly from plain data, written back, and described as JSON Schema.
+
+The machinery under the lock model (envlock.model): every string field has a grammar, a regular expression matched
+in full, carried in the field's metadata; the default grammar refuses control characters and bidirectional
+overrides. Errors name the dotted place of the value that does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import typing
+from dataclasses import field
+from typing import Any, Literal, Union
+
+SAFE_TEXT = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{0,1024}"
+
+
+def grammar(pattern: str, **kwargs: Any) -> Any:
+    """A dataclass field whose string value (or dict keys, or list items) must match `pattern` in full."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    metadata["pattern"] = pattern
+    return field(metadata=metadata, **kwargs)
+
+
+def keyed(pattern: str, **kwargs: Any) -> Any:
+    """A dict field whose keys must match `pattern` in full."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    metadata["key_pattern"] = pattern
+    return field(metadata=metadata, **kwargs)
+
+
+# --- loading from plain data --------------------------------------------------------------------------
+
+
+class ModelError(ValueError):
+    """Plain data that does not fit the model; `where` is the dotted place."""
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+_COMPILED: dict[str, re.Pattern[str]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+        _HINTS[cls] = hints
+    return hints
+
+
+def _match(pattern: str, value: str) -> bool:
+    compiled = _COMPILED.get(pattern)
+    if compiled is None:
+        compiled = _COMPILED[pattern] = re.compile(pattern)
+    return compiled.fullmatch(value) is not None
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.*+:-]+")
+
+
+def _join(where: str, key: str) -> str:
+    # A hostile key (newline, bidi override, lookalike letters) is shown TOML-quoted and escaped, so an error
+    # stays on one line and shows what the key really holds.
+    if _PLAIN_KEY.fullmatch(key) is None:
+        key = json.dumps(key, ensure_ascii=True)
+    return f"{where}.{key}" if where else key
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} ({text})" if not isinstance(value, (list, dict)) else kind
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _convert(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
+    _optional, tp = _is_optional(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if not isinstance(value, str) or value not in choices:
+            raise ModelError(where, f"expected one of {', '.join(repr(c) for c in choices)}, got {_describe(value)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ModelError(where, f"expected a boolean, got {_describe(value)}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ModelError(where, f"expected an integer, got {_describe(value)}")
+        if not 0 <= value <= 2**53:
+            raise ModelError(where, f"integer {value} is out of range")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ModelError(where, f"expected a string, got {_describe(value)}")
+        pattern = meta.get("pattern", SAFE_TEXT)
+        if not _match(pattern, value):
+            raise ModelError(where, f"{_describe(value)} is not allowed here (must match {pattern})")
+        return value
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            raise ModelError(where, f"expected an array, got {_describe(value)}")
+        return tuple(_convert(item_tp, item, f"{where}[{i}]", meta) for i, item in enumerate(value))
+    if origin is dict:
+        item_tp = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ModelError(where, f"expected a table, got {_describe(value)}")
+        key_pattern = meta.get("key_pattern", SAFE_TEXT)
+        out = {}
+        for key, item in value.items():
+            if not _match(key_pattern, key):
+                raise ModelError(_join(where, key), f"key {key!r} is not allowed here (must match {key_pattern})")
+            out[key] = _convert(item_tp, item, _join(where, key), {})
+        return out
+    raise TypeError(f"unsupported field type {tp!r}")  # a model bug, not user input
+
+
+def from_dict(cls: type[Any], data: Any, where: str = "") -> Any:
+    """Build `cls` from plain data, refusing unknown keys, missing keys and values outside their grammar."""
+    if not isinstance(data, dict):
+        raise ModelError(where, f"expected a table, got {_describe(data)}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ModelError(_join(where, unknown[0]), "unknown key")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ModelError(_join(where, name), "required key is missing")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], _join(where, name), dict(f.metadata))
+    return cls(**kwargs)
+
+
+def _empty(value: Any, f: dataclasses.Field[Any]) -> bool:
+    if value is None:
+        return True
+    if f.default is not dataclasses.MISSING and isinstance(value, str) and value == "" == f.default:
+        return True
+    if isinstance(value, (tuple, dict)) and not value and (
+        f.default_factory is not dataclasses.MISSING or f.default == ()
+    ):
+        return True
+    return False
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data for a model object, with empty optional fields left out."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if _empty(value, f):
+                continue
+            out[f.name] = to_dict(value)
+        return out
+    if isinstance(obj, tuple):
+        return [to_dict(item) for item in obj]
+    if isinstance(obj, dict):
+        return {key: to_dict(obj[key]) for key in sorted(obj)}
+    return obj
+
+
+# --- JSON Schema --------------------------------------------------------------------------------------
+
+
+def _schema_pattern(pattern: str) -> str:
+    # `(?![\s\S])` is a true end anchor in both ECMA-262 and Python (`$` also matches before a final newline).
+    return f"^(?:{pattern})(?![\\s\\S])"
+
+
+def _schema_for(tp: Any, meta: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    _optional, tp = _is_optional(tp)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        name = getattr(tp, "__name__", str(tp))
+        if name not in defs:
+            defs[name] = {}
+            defs[name] = schema_of(tp, defs)  # type: ignore[arg-type]
+        return {"$ref": f"#/$defs/{name}"}
+    if origin is Literal:
+        return {"enum": list(typing.get_args(tp))}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer", "minimum": 0, "maximum": 2**53}
+    if tp is str:
+        return {"type": "string", "pattern": _schema_pattern(meta.get("pattern", SAFE_TEXT))}
+    if origin is tuple:
+        return {"type": "array", "items": _schema_for(typing.get_args(tp)[0], meta, defs)}
+    if origin is dict:
+        return {
+            "type": "object",
+            "propertyNames": {"pattern": _schema_pattern(meta.get("key_pattern", SAFE_TEXT))},
+            "additionalProperties": _schema_for(typing.get_args(tp)[1], {}, defs),
+        }
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def schema_of(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of one model class; the classes it refers to are added to `defs`."""
+    hints = _hints(cls)
+    props = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        props[f.name] = _schema_for(hints[f.name], dict(f.metadata), defs)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    out: dict[str, Any] = {"type": "object", "description": (cls.__doc__ or "").strip()}
+    out["properties"] = props
+    if required:
+        out["required"] = required
+    out["additionalProperties"] = False
+    return out

@@ -1,0 +1,193 @@
+"""The fleet's transport: the fingerprint exchange over torch.distributed's key-value store.
+
+The only module of envlock that touches torch.distributed, and it imports torch only inside the functions that
+need it. The exchange goes through the c10d TCPStore that torchrun or `init_process_group` already runs, not through
+a collective: each rank writes a fixed-size fingerprint under its own key, rank 0 gathers them against a deadline,
+decides, and writes one verdict back that every rank exits with. Every wait is bounded, so a rank that died or hangs
+is named instead of hanging the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from envlock.errors import EnvironmentUnavailable, ExitCode, UsageError
+from envlock.fleet.decide import Decision, decide
+from envlock.fleet.wire import DEFAULT_TIMEOUT, RankSummary, decode_summary, encode_verdict
+from envlock.model import Policy
+
+TIMEOUT_ENV = "ENVLOCK_FLEET_TIMEOUT"
+KEY_PREFIX = "envlock/fleet"
+#: How long rank 0 waits for the others to read the verdict before it returns (and may close a store it hosts).
+ACK_WAIT = 5.0
+
+
+class Store(Protocol):
+    """The part of torch.distributed.Store the exchange uses."""
+
+    def set(self, key: str, value: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def add(self, key: str, value: int) -> int: ...
+    def check(self, keys: list[str]) -> bool: ...
+    def wait(self, keys: list[str], timeout: timedelta) -> None: ...
+    def multi_get(self, keys: list[str]) -> list[bytes]: ...
+    def delete_key(self, key: str) -> bool: ...
+
+
+def resolve_timeout(value: float | None) -> float:
+    """The bound on every wait: the option, else $ENVLOCK_FLEET_TIMEOUT, else 60 s."""
+    if value is None:
+        text = os.environ.get(TIMEOUT_ENV, "")
+        if not text:
+            return DEFAULT_TIMEOUT
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise UsageError(f"--timeout {value:g}: expected seconds between 0 and 86400")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """What one rank got back from the exchange."""
+
+    code: int
+    line: str
+    severity: str
+    got_verdict: bool = True
+    summaries: tuple[RankSummary, ...] = ()
+    missing: tuple[int, ...] = ()
+    decision: Decision | None = None
+
+
+def _poll(read: Callable[[], int], target: int, deadline: float) -> int:
+    """Poll a counter until it reaches `target` or the deadline passes; its last value."""
+    delay = 0.001
+    value = read()
+    while value < target and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+        value = read()
+    return value
+
+
+def exchange(store: Store, rank: int, world_size: int, payload: bytes, timeout: float, *,
+             policy: Policy | None = None, generation: str = "0") -> Exchanged:
+    """Post this rank's fingerprint; rank 0 gathers (bounded), decides and posts the verdict; all read it."""
+    calls = store.add(f"{KEY_PREFIX}/calls/{generation}/{rank}", 1)
+    prefix = f"{KEY_PREFIX}/{generation}/{calls}"
+    mine = f"{prefix}/fp/{rank}"
+    store.set(mine, payload)
+    store.add(f"{prefix}/arrived", 1)
+    verdict_key = f"{prefix}/verdict"
+    if rank != 0:
+        try:
+            store.wait([verdict_key], timedelta(seconds=2 * timeout))
+        except RuntimeError:
+            return Exchanged(code=int(ExitCode.UNAVAILABLE), line=f"no verdict from rank 0 within {2 * timeout:g} s",
+                             severity="error", got_verdict=False)
+        raw = json.loads(store.get(verdict_key).decode("utf-8"))
+        store.add(f"{prefix}/ack", 1)
+        store.delete_key(mine)
+        return Exchanged(code=int(raw["c"]), line=str(raw["l"]), severity=str(raw.get("s", "")))
+    deadline = time.monotonic() + timeout
+    arrived = _poll(lambda: store.add(f"{prefix}/arrived", 0), world_size, deadline)
+    keys = [f"{prefix}/fp/{r}" for r in range(world_size)]
+    present = list(range(world_size)) if arrived >= world_size else [r for r in range(world_size)
+                                                                       if store.check([keys[r]])]
+    values = store.multi_get([keys[r] for r in present]) if present else []
+    summaries = tuple(decode_summary(bytes(v).rstrip(b" "), r) for r, v in zip(present, values, strict=True))
+    decision = decide(summaries, world_size, policy=policy, timeout=timeout)
+    severity = "error" if decision.code else decision.homogeneity
+    store.set(verdict_key, encode_verdict(decision.code, decision.line, severity))
+    others = len(present) - (1 if 0 in present else 0)
+    acked = _poll(lambda: store.add(f"{prefix}/ack", 0), others, time.monotonic() + min(timeout, ACK_WAIT))
+    store.delete_key(mine)
+    if acked >= world_size - 1:  # nobody can still be waiting for it
+        store.delete_key(verdict_key)
+    return Exchanged(code=decision.code, line=decision.line, severity=severity, summaries=summaries,
+                     missing=tuple(r for r in range(world_size) if r not in present), decision=decision)
+
+
+def launcher_rank() -> tuple[int, int] | None:
+    """(rank, world size) from torchrun's environment (RANK, WORLD_SIZE) or Slurm's (SLURM_PROCID, SLURM_NTASKS)."""
+    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if os.environ.get(rank_var) and os.environ.get(world_var):
+            try:
+                rank, world = int(os.environ[rank_var]), int(os.environ[world_var])
+            except ValueError:
+                raise UsageError(f"{rank_var}/{world_var} are not integers") from None
+            if not 0 <= rank < world:
+                raise UsageError(f"{rank_var}={rank} is not a rank of {world_var}={world}")
+            return rank, world
+    return None
+
+
+def _job_group() -> Any:
+    """torch.distributed when this process already has a default process group, else None (torch not imported)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def check_launcher() -> None:
+    """Raise UsageError unless there is a process group or a launcher environment to join."""
+    if _job_group() is not None:
+        return
+    if launcher_rank() is None or not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        raise UsageError("--distributed needs a process group or a launcher environment: run it under torchrun, "
+                         "or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (see docs/fleet.md)")
+
+
+@contextmanager
+def joined(timeout: float) -> Iterator[tuple[Any, int, int, str]]:
+    """(store, rank, world size, generation): the job's store when it has a process group, else one joined from the
+    launcher's environment (torchrun's agent store, or a TCPStore rank 0 hosts), closed on exit."""
+    dist = _job_group()
+    generation = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if dist is not None:
+        from torch.distributed import distributed_c10d
+
+        yield distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size(), generation
+        return
+    check_launcher()
+    rank, world = launcher_rank() or (0, 1)
+    addr, port_text = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"MASTER_PORT={port_text!r} is not a port number") from None
+    try:
+        import torch.distributed as torch_dist
+    except ImportError as exc:
+        raise EnvironmentUnavailable(f"--distributed needs torch.distributed: {exc}") from None
+    # torchrun's agent already serves a store at MASTER_ADDR:MASTER_PORT; without it rank 0 serves one, and does not
+    # wait for the others to connect (a missing rank must not block the report).
+    host_it = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    try:
+        store = torch_dist.TCPStore(  # type: ignore[attr-defined]
+            addr, port, world, is_master=host_it, timeout=timedelta(seconds=timeout),
+                                    wait_for_workers=False, multi_tenant=True)
+    except RuntimeError as exc:
+        raise EnvironmentUnavailable(f"cannot reach the job's store at {addr}:{port}: {first_line(exc)}") from None
+    try:
+        yield store, rank, world, generation
+    finally:
+        del store
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+

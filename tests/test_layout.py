@@ -1,0 +1,117 @@
+"""The architecture as rules: what `import envlock` and `verify --fast` load, and which way imports go.
+
+docs/architecture.md draws the floors; these tests fail when a change makes a module reach up a floor, hides an
+import inside a function, or makes the job-start path pay for a heavy library.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ENVLOCK, clean_env
+
+PACKAGE = Path(__file__).resolve().parent.parent / "envlock"
+DEVBOX_LOCK = PACKAGE.parent / "fixtures/hosts/linux-nogpu-nocuda-x86_64_v4-devbox/expected.lock"
+#: Third-party modules the job-start path must not pay for.
+HEAVY = ("torch", "numpy", "docker", "pynvml", "rich", "typer", "click", "jsonschema", "tomlkit", "piptools",
+         "mlflow", "ray", "wandb", "pydantic")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, bool, bool]]:
+    """(imported envlock module, at module top?, under `if TYPE_CHECKING`?) for each envlock import in the file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: list[tuple[str, bool, bool]] = []
+
+    def visit(node: ast.AST, top: bool, typing_only: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ImportFrom) and child.module and child.module.split(".")[0] == "envlock":
+                out.append((child.module, top, typing_only))
+            elif isinstance(child, ast.Import):
+                out.extend((a.name, top, typing_only) for a in child.names if a.name.split(".")[0] == "envlock")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, False, typing_only)
+            elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                visit(child, top, True)
+            else:
+                visit(child, top, typing_only)
+
+    visit(tree, True, False)
+    return out
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+#: Modules still to be moved to module-top imports: the two CLI front ends, which become one package next.
+PENDING = ("envlock.cli", "envlock.entry")
+
+
+def test_envlock_modules_are_imported_at_module_top() -> None:
+    hidden = [f"{_module_name(p)} imports {m} inside a function"
+              for p in SOURCES if _module_name(p) not in PENDING for m, top, _ in _imports(p) if not top]
+    assert hidden == []
+
+
+def test_findings_imports_nothing_else_from_envlock() -> None:
+    assert _imports(PACKAGE / "findings.py") == []
+
+
+def test_errors_import_only_findings_and_only_for_types() -> None:
+    assert [(m, t) for m, _, t in _imports(PACKAGE / "errors.py")] == [("envlock.findings", True)]
+
+
+def test_nothing_below_the_command_line_imports_it() -> None:
+    upward = [f"{_module_name(p)} imports {m}" for p in SOURCES if _module_name(p) not in PENDING
+              for m, _, _ in _imports(p) if m.startswith("envlock.cli")]
+    assert upward == []
+
+
+def _touches_torch_distributed(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
+            return True
+        if isinstance(node, ast.Import) and any(a.name.startswith("torch.distributed") for a in node.names):
+            return True
+        if isinstance(node, ast.Constant) and node.value == "torch.distributed":
+            return True
+    return False
+
+
+def test_only_the_fleet_store_touches_torch_distributed() -> None:
+    users = [_module_name(p) for p in SOURCES if _touches_torch_distributed(p)]
+    assert users == ["envlock.fleet.store"]
+
+
+def test_import_envlock_loads_no_heavy_library() -> None:
+    code = "import envlock, json, sys; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = {m.split(".")[0] for m in json.loads(done.stdout)}
+    assert sorted(loaded & set(HEAVY)) == []
+    # The API loads on first use, still without a heavy library.
+    code = "import envlock, json, sys; envlock.verify; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = {m.split(".")[0] for m in json.loads(done.stdout)}
+    assert "envlock.verifying" in json.loads(done.stdout)
+    assert sorted(loaded & set(HEAVY)) == []
+
+
+@pytest.mark.slow
+def test_verify_fast_loads_no_heavy_library(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", str(ENVLOCK), "verify", "--fast", str(DEVBOX_LOCK)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean_env())
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    loaded = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "envlock" in loaded
+    assert sorted(loaded & set(HEAVY)) == []
