@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from envlock.capturing import CaptureResult
 from envlock.capturing import capture as _capture
@@ -15,11 +16,12 @@ from envlock.verifying import VerifyOptions, examine
 PathLike = str | os.PathLike[str]
 
 
-def capture(output: PathLike = "envlock.lock", *, use_torch: bool = True, force: bool = False,
-            add_target: bool = False, numerics: bool = True, hashes: bool = False) -> CaptureResult:
-    """Capture this process's environment into a lock file (keeping an old lock's policy and comments)."""
-    return _capture(output, use_torch=use_torch, force=force, add_target=add_target, numerics=numerics,
-                    hashes=hashes)
+def capture(output: PathLike = "envlock.lock", *, facts: dict[str, Any] | None = None, use_torch: bool = True,
+            force: bool = False, add_target: bool = False, numerics: bool = True,
+            hashes: bool = False) -> CaptureResult:
+    """Capture this process's environment (or recorded `facts`) into a lock file, keeping an old lock's policy."""
+    return _capture(output, facts=facts, use_torch=use_torch, force=force, add_target=add_target,
+                    numerics=numerics, hashes=hashes)
 
 
 def _options(fast: bool, deep: bool, ignore: Iterable[str], warn: Iterable[str], target: str | None) -> VerifyOptions:
