@@ -26,13 +26,13 @@ from envlock.model import (
     from_dict,
     to_dict,
 )
-from envlock.numerics import MAX_WORK, parse_numerics, shape_work
 from envlock.policy import default_policy
 from envlock.probes.blas import parse_blas
 from envlock.probes.cpu import parse_cpu
 from envlock.probes.cuda import parse_cuda
 from envlock.probes.floats import parse_floats, parse_threads
 from envlock.probes.gpu import parse_gpu
+from envlock.probes.numerics import MAX_WORK, parse_numerics, shape_work
 from envlock.probes.packages import canonical_name, parse_packages
 from envlock.probes.platform import parse_platform
 from envlock.probes.python import parse_python

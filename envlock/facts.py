@@ -12,12 +12,12 @@ from typing import Any
 from envlock._version import __version__
 from envlock.errors import FactsError
 from envlock.model import ModelError
-from envlock.numerics import collect_numerics, default_kernels
 from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
 from envlock.probes.cpu import collect_cpu
 from envlock.probes.cuda import collect_cuda
 from envlock.probes.floats import collect_env, collect_torch
 from envlock.probes.gpu import collect_gpu
+from envlock.probes.numerics import collect_numerics, default_kernels
 from envlock.probes.nvsmi import parse_nvidia_smi_xml
 from envlock.probes.packages import collect_packages
 from envlock.probes.platform import collect_platform

@@ -22,9 +22,9 @@ from envlock.facts import collect_facts
 from envlock.findings import Finding, Report, ordered
 from envlock.lockfile import default_lock_path, find_project_policy, load
 from envlock.model import Lock, ModelError, Policy
-from envlock.numerics import collect_numerics, specs_from_lock
 from envlock.policy import merge_policy
 from envlock.probes.gpu import nvml_unavailable
+from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.packages import canonical_name
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.

@@ -90,7 +90,7 @@ def test_an_editable_projects_egg_info_does_not_hide_the_installed_record(tmp_pa
 
 
 def test_a_lock_cannot_make_the_probe_run_for_hours(machine_facts: dict[str, Any], tmp_path: Path) -> None:
-    from envlock.numerics import KernelSpec, run_kernel
+    from envlock.probes.numerics import KernelSpec, run_kernel
 
     result = run_kernel(KernelSpec("mm", "torch", "cpu", "float32", "60000x60000x60000"))
     assert "larger than the probe runs" in result["error"]

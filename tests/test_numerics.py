@@ -20,28 +20,32 @@ from typing import Any
 import pytest
 
 import envlock
-from envlock import numerics
+from envlock import verifying
+from envlock.compare.numerics import classify, compare_numerics
 from envlock.findings import Finding
 from envlock.lockfile import load
 from envlock.model import NumericsSection, Policy, Rule
-from envlock.numerics import (
+from envlock.policy import default_policy
+from envlock.probes.numerics import (
     GENERATOR,
     PROBE_VERSION,
-    SENSITIVE_BITS,
     KernelSpec,
-    classify,
-    compare_numerics,
+    collect_numerics,
     default_kernels,
+    inputs,
+    kernelset,
+    parse_numerics,
+)
+from envlock.probes.numerics.inputs import (
+    SENSITIVE_BITS,
     error_class,
     hash_numpy,
     hash_torch,
-    kernel_id,
     mantissa_bits_kept,
-    parse_numerics,
     sensitive_numpy,
     sensitive_torch,
 )
-from envlock.policy import default_policy
+from envlock.probes.numerics.kernelset import kernel_id
 from tests.helpers import clean_env, console, openblas_architecture
 
 BIN = Path(sys.executable).parent
@@ -86,7 +90,7 @@ def locked_numerics(lock: Path) -> NumericsSection:
 def _no_leftover_inputs() -> Iterator[None]:
     """Generator calls made by a test leave no cached inputs behind (the probe clears its own after each run)."""
     yield
-    numerics._INPUTS.clear()
+    inputs.clear_inputs()
 
 
 @pytest.fixture
@@ -182,13 +186,13 @@ def test_twenty_clean_verifies_with_the_probe_find_nothing(probe_lock: Path) -> 
 @pytest.mark.torch
 def test_verify_replays_every_locked_kernel(probe_lock: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[str] = []
-    real = numerics.run_kernel
+    real = kernelset.run_kernel
 
     def spy(spec: KernelSpec) -> dict[str, Any]:
         ran.append(kernel_id(spec))
         return real(spec)
 
-    monkeypatch.setattr(numerics, "run_kernel", spy)
+    monkeypatch.setattr(kernelset, "run_kernel", spy)
     assert envlock.verify(str(probe_lock)).findings == ()
     assert sorted(ran) == sorted(locked_numerics(probe_lock).kernels)
 
@@ -206,7 +210,7 @@ def test_capture_no_numerics_writes_no_probe_and_verify_runs_none(
     assert all(t.numerics is None for t in loaded.targets.values())
 
     calls: list[Any] = []
-    monkeypatch.setattr(numerics, "collect_numerics", lambda specs: calls.append(specs))
+    monkeypatch.setattr(verifying, "collect_numerics", lambda specs: calls.append(specs))
     report = envlock.verify(str(lock))
     assert (report.findings, calls) == ((), [])
     assert "numerics" not in report.skipped
@@ -215,7 +219,7 @@ def test_capture_no_numerics_writes_no_probe_and_verify_runs_none(
 @pytest.mark.torch
 def test_verify_fast_skips_the_probe_and_says_so(probe_lock: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
-    monkeypatch.setattr(numerics, "collect_numerics", lambda specs: calls.append(specs))
+    monkeypatch.setattr(verifying, "collect_numerics", lambda specs: calls.append(specs))
 
     report = envlock.verify(str(probe_lock), fast=True)
 
@@ -285,13 +289,13 @@ def test_probe_shapes_in_policy_are_captured_and_replayed(probe_lock: Path, monk
     assert 'probe_shapes = ["128x512x256"]' in probe_lock.read_text(encoding="utf-8")
 
     ran: list[str] = []
-    real = numerics.run_kernel
+    real = kernelset.run_kernel
 
     def spy(spec: KernelSpec) -> dict[str, Any]:
         ran.append(kernel_id(spec))
         return real(spec)
 
-    monkeypatch.setattr(numerics, "run_kernel", spy)
+    monkeypatch.setattr(kernelset, "run_kernel", spy)
     assert envlock.verify(str(probe_lock)).findings == ()
     assert "torch-cpu-mm-float32-128x512x256" in ran
 
@@ -748,6 +752,6 @@ def test_numpy_sum_drift_is_not_blamed_on_blas() -> None:
 
 
 def test_a_cpu_kernel_that_cannot_run_says_why() -> None:
-    raw = numerics.collect_numerics({"x": KernelSpec("no-such-op", "torch", "cpu", "float32", "1x1x1")})
+    raw = collect_numerics({"x": KernelSpec("no-such-op", "torch", "cpu", "float32", "1x1x1")})
     assert raw["kernels"]["x"]["error"] == "unknown op 'no-such-op'"
     assert parse_numerics(raw).kernels == {}

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envlock.compare.hints import hint_for
+from envlock.compare.numerics import compare_numerics
 from envlock.errors import UsageError
 from envlock.findings import ABSENT, UNSET, Finding, ordered, text
 from envlock.model import Lock, Policy, Rule, Target, to_dict
-from envlock.numerics import compare_numerics
 from envlock.policy import explicit_rule, rule_for
 from envlock.probes.cuda import kernels_for
 
@@ -69,7 +69,7 @@ def flatten_target(target: Target) -> dict[str, Any]:
     blas = data.get("blas", {})
     libraries = blas.pop("libraries", [])
     devices = data.get("gpu", {}).pop("devices", [])
-    data.pop("numerics", None)  # compared kernel by kernel, see envlock.numerics
+    data.pop("numerics", None)  # compared kernel by kernel, see envlock.compare.numerics
     for section, values in data.items():
         _flatten(section, values, out)
     for lib in libraries:

@@ -1,0 +1,80 @@
+"""The probe's kernel set: which kernels a process runs, their ids, and running them all (collecting)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from envlock.probes.numerics.inputs import GENERATOR, SUM_BLOCK, SUM_TILES, clear_inputs
+from envlock.probes.numerics.kernels import KernelSpec, run_kernel
+
+PROBE_VERSION = "envlock-probe-1"
+
+
+def kernel_id(spec: KernelSpec) -> str:
+    """A stable, readable key: `torch-cpu-sum-float32-t1`, `torch-cuda0-mm-float16-64x64x4096`."""
+    device = spec.device.replace(":", "")
+    threads = {0: "", 1: "-t1"}.get(spec.threads, f"-t{spec.threads}")
+    return f"{spec.library}-{device}-{spec.op}-{spec.dtype}-{spec.shape}{threads}"
+
+
+def default_kernels(*, numpy: bool, torch: bool, cuda_devices: int = 0,
+                    extra_shapes: tuple[str, ...] = ()) -> dict[str, KernelSpec]:
+    """The probe's kernel set for what the process has: CPU kernels, numpy's BLAS, each visible GPU."""
+    specs: list[KernelSpec] = []
+    if torch:
+        for threads in (1, 0):
+            specs.append(KernelSpec("sum", "torch", "cpu", "float32", f"{SUM_BLOCK * SUM_TILES}x1x1", threads))
+            specs.append(KernelSpec("mm", "torch", "cpu", "float32", "256x256x256", threads))
+        specs += [
+            KernelSpec("identity-mm", "torch", "cpu", "float32", "256x256x1"),
+            KernelSpec("int-mm", "torch", "cpu", "float32", "64x64x1024"),
+            KernelSpec("denormal", "torch", "cpu", "float32", "1x1x1"),
+        ]
+        specs += [KernelSpec("mm", "torch", "cpu", "float32", shape) for shape in extra_shapes]
+    if numpy:
+        for threads in (1, 0):
+            specs.append(KernelSpec("mm", "numpy", "cpu", "float32", "256x256x256", threads))
+        specs.append(KernelSpec("sum", "numpy", "cpu", "float32", f"{SUM_BLOCK * SUM_TILES}x1x1"))
+    for index in range(cuda_devices if torch else 0):
+        device = f"cuda:{index}"
+        specs += [
+            KernelSpec("mm", "torch", device, "float32", "256x256x256"),
+            KernelSpec("identity-mm", "torch", device, "float32", "256x256x1"),
+            KernelSpec("mm", "torch", device, "float16", "64x64x4096"),
+            KernelSpec("mm", "torch", device, "bfloat16", "64x64x4096"),
+            KernelSpec("mm", "torch", device, "float16", "256x256x256"),
+            KernelSpec("int-mm", "torch", device, "float16", "64x64x4096"),
+            KernelSpec("int-mm", "torch", device, "bfloat16", "64x64x4096"),
+            KernelSpec("sum", "torch", device, "float32", f"{SUM_BLOCK * SUM_TILES}x1x1"),
+            KernelSpec("mean", "torch", device, "float32", f"{SUM_BLOCK * SUM_TILES}x1x1"),
+            KernelSpec("conv2d", "torch", device, "float32", "1x64x32"),
+            KernelSpec("conv1x1", "torch", device, "float32", "1x64x32"),
+            KernelSpec("index-add", "torch", device, "float32", "4096x64x64"),
+            KernelSpec("denormal", "torch", device, "float32", "1x1x1"),
+        ]
+        specs += [KernelSpec("mm", "torch", device, "float32", shape) for shape in extra_shapes]
+    return {kernel_id(s): s for s in specs}
+
+
+def collect_numerics(specs: dict[str, KernelSpec]) -> dict[str, Any]:
+    """Raw facts: run each kernel (a failing one says why) and time the whole probe."""
+    started = time.perf_counter()
+    kernels: dict[str, Any] = {}
+    try:
+        for key, spec in specs.items():
+            try:
+                result = run_kernel(spec)
+            except Exception as exc:  # a kernel that cannot run here is a finding, not a crash
+                result = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            kernels[key] = {**spec.to_dict(), **result}
+    finally:
+        clear_inputs()
+    return {"probe": PROBE_VERSION, "generator": GENERATOR, "kernels": kernels,
+            "seconds": round(time.perf_counter() - started, 6)}
+
+
+def specs_from_lock(kernels: dict[str, Any]) -> dict[str, KernelSpec]:
+    """The kernel specs a lock recorded, to replay them exactly."""
+    return {key: KernelSpec(op=k.op, library=k.library, device=k.device, dtype=k.dtype, shape=k.shape,
+                            threads=k.threads) for key, k in kernels.items()}
