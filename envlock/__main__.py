@@ -1,3 +1,3 @@
-from envlock.entry import console
+from envlock.cli import console
 
 console()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from envlock.errors import UsageError
+from envlock.findings import Report
 from envlock.lockfile import default_lock_path, load
+from envlock.verifying import verify
 
 MODES = ("strict", "warn", "off")
 
@@ -31,6 +34,25 @@ def apply_lock_env(lock: Path | None) -> Path:
         else:
             os.environ.pop(name, None)
     return path
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """What `envlock run` found before starting the job: the report (None when ENVLOCK_VERIFY=off), and whether
+    the job may start."""
+
+    report: Report | None
+    start: bool
+
+
+def prepare_job(lock: Path | None, *, fast: bool = False) -> PreparedJob:
+    """Apply the lock's env vars and verify as ENVLOCK_VERIFY says; whether the job may start."""
+    mode = verify_mode()
+    path = apply_lock_env(lock)
+    if mode == "off":
+        return PreparedJob(None, True)
+    report = verify(path, fast=fast, init_cuda=True)
+    return PreparedJob(report, report.ok or mode != "strict")
 
 
 def exec_job(command: list[str]) -> None:

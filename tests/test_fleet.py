@@ -179,7 +179,7 @@ def test_distributed_without_a_launcher_is_bad_input(cli: Any, monkeypatch: pyte
 
 
 def test_the_fleet_module_does_not_import_torch() -> None:
-    code = "import sys, envlock.fleet, envlock.entry; sys.exit('torch' in sys.modules)"
+    code = "import sys, envlock.fleet, envlock.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -245,7 +245,7 @@ if mode == "api":
     dist.destroy_process_group()
     (out / f"rank{rank}.code").write_text(f"{first.exit_code} {second.exit_code} {len(second.ranks)}")
     sys.exit(0)
-from envlock.entry import main
+from envlock.cli import main
 try:
     main(["verify", *sys.argv[1:]])
 except SystemExit as exc:

@@ -87,12 +87,12 @@ def _typer(args: list[str]) -> tuple[int, str, str]:
 
 
 def _fast(args: list[str]) -> tuple[int, str, str]:
-    from envlock import entry
+    from envlock.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            entry.main(args)
+            main(args)
             code = 0
         except SystemExit as exc:
             code = int(exc.code or 0)

@@ -6,6 +6,7 @@ import base64
 import copy
 import csv
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -19,8 +20,10 @@ from typing import Any, NamedTuple
 import pytest
 
 import envlock
-from envlock import entry
 from envlock.capturing import build_lock
+from envlock.cli import main as cli_main
+from envlock.cli.commands import BODIES
+from envlock.cli.options import BY_NAME, COMMANDS, FAST, argparse_parser
 from envlock.compare import modified_findings
 from envlock.errors import EnvMismatchError
 from envlock.findings import Finding, Report
@@ -68,7 +71,7 @@ def by_path(findings: Any) -> dict[str, Any]:
 
 @pytest.fixture(params=["typer", "argparse"])
 def verify_cmd(request: pytest.FixtureRequest, cli: Any, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
-    """`envlock verify ...` through either front end: the typer command, or entry.main's argparse fast path."""
+    """`envlock verify ...` through either front end: the typer command, or the argparse job-start path."""
 
     def run(*args: str | Path) -> Result:
         argv = [str(a) for a in args]
@@ -77,7 +80,7 @@ def verify_cmd(request: pytest.FixtureRequest, cli: Any, capsys: pytest.CaptureF
             return Result(r.exit_code, r.stdout, r.stderr)
         capsys.readouterr()
         with pytest.raises(SystemExit) as info:
-            entry.main(["verify", *argv])
+            cli_main(["verify", *argv])
         out = capsys.readouterr()
         return Result(int(info.value.code or 0), out.out, out.err)
 
@@ -682,28 +685,37 @@ def test_diff_of_a_missing_lock_exits_2(recorded: dict[str, Any], tmp_path: Path
 # --- the two front ends agree ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["verify", "capture"])
-def test_typer_and_argparse_take_the_same_options(name: str) -> None:
+def test_both_parsers_and_every_body_come_from_the_one_declaration() -> None:
     import argparse
 
     from typer.main import get_command
 
     from envlock.cli import app
 
-    command = get_command(app).commands[name]  # type: ignore[attr-defined]
-    typer_side = set()
-    for param in command.params:
-        if param.name == "help":
-            continue
-        opts = tuple(sorted(o for o in param.opts + param.secondary_opts if o.startswith("-")))
-        kind = "flag" if getattr(param, "is_flag", False) else ("many" if getattr(param, "multiple", False) else "one")
-        typer_side.add((param.name, opts, kind))
-    argparse_side = set()
-    parser = entry.verify_parser() if name == "verify" else entry.capture_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction):
-            continue
-        kind = ("flag" if isinstance(action, argparse._StoreTrueAction)
-                else "many" if isinstance(action, argparse._AppendAction) else "one")
-        argparse_side.add((action.dest, tuple(sorted(action.option_strings)), kind))
-    assert typer_side == argparse_side
+    def declared(name: str) -> set[tuple[str, tuple[str, ...], str]]:
+        return {(p.name, tuple(sorted(p.flags)), "many" if p.kind in ("repeatable", "variadic") else
+                 "flag" if p.kind == "flag" else "one") for p in BY_NAME[name].params}
+
+    group = get_command(app)
+    assert list(group.commands) == [c.name for c in COMMANDS]  # type: ignore[attr-defined]
+    for command in COMMANDS:
+        typer_side = set()
+        for param in group.commands[command.name].params:  # type: ignore[attr-defined]
+            if param.name == "help":
+                continue
+            opts = tuple(sorted(o for o in param.opts + param.secondary_opts if o.startswith("-")))
+            kind = ("flag" if getattr(param, "is_flag", False)
+                    else "many" if getattr(param, "multiple", False) or param.nargs == -1 else "one")
+            typer_side.add((param.name, opts, kind))
+        assert typer_side == declared(command.name), command.name
+        body = inspect.signature(BODIES[command.name]).parameters
+        assert list(body) == [p.name for p in command.params], command.name
+    for name in FAST:
+        argparse_side = set()
+        for action in argparse_parser(BY_NAME[name])._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            kind = ("flag" if isinstance(action, argparse._StoreTrueAction)
+                    else "many" if isinstance(action, argparse._AppendAction) else "one")
+            argparse_side.add((action.dest, tuple(sorted(action.option_strings)), kind))
+        assert argparse_side == declared(name), name

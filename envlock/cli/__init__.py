@@ -1,0 +1,127 @@
+"""The command line: the `envlock` console script, and the one place exceptions become a line and an exit code.
+
+`envlock verify` runs at the start of every job on every rank and `envlock capture` competes with torch's
+collect_env, so both are parsed with argparse and never pay for importing typer (and the click and rich it brings);
+every other command, and `--help`, goes to the typer app. Both parsers are generated from envlock.cli.options and
+call the same bodies in envlock.cli.commands.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from envlock.cli.commands import BODIES, error_line
+from envlock.cli.options import FAST, parse_fast
+from envlock.errors import EnvlockError, ExitCode, exit_for
+
+if TYPE_CHECKING:
+    import typer
+
+__all__ = ["app", "console", "get_app", "invoke", "main"]
+
+_app: typer.Typer | None = None
+
+
+def invoke(name: str, values: dict[str, Any]) -> int:
+    """Run the body of command `name`; its exit code, or the one line and code of what it raised."""
+    try:
+        return int(BODIES[name](**values))
+    except (EnvlockError, KeyboardInterrupt) as exc:
+        return _fail(exc)
+
+
+def _fail(exc: BaseException) -> int:
+    """Say on stderr why the command ended (exit_for re-raises what it does not know); the exit code."""
+    code, message = exit_for(exc)
+    return _say(error_line(message), code)
+
+
+def get_app() -> typer.Typer:
+    """The typer app (built on first use: importing typer is what the job-start path avoids)."""
+    global _app
+    if _app is None:
+        from envlock.cli.typer_app import build_app
+
+        _app = build_app(invoke)
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`envlock ...`: the fast paths for verify and capture, typer for the rest (and for --help); exits."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] and args[0] in FAST and not {"-h", "--help"} & set(args):
+        sys.exit(_fast(args[0], args[1:]))
+    get_app()(args=args, prog_name="envlock")
+
+
+def _fast(name: str, rest: list[str]) -> int:
+    try:
+        values = parse_fast(name, rest)
+    except (EnvlockError, KeyboardInterrupt) as exc:
+        return _fail(exc)
+    return invoke(name, values)
+
+
+def console() -> None:
+    """The `envlock` console script: main(), with output that cannot fail a verdict, and a quick exit.
+
+    A terminal that cannot show "→" gets a replacement character rather than a traceback; a closed or full stdout
+    is one line on stderr and exit 2. Tearing down an interpreter that imported torch takes about 0.4 s; when a
+    command has finished, everything it wrote is flushed and closed, so the process leaves at once (embedders
+    calling main() still get SystemExit).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
+    try:
+        main()
+        code: int = ExitCode.OK
+    except SystemExit as exc:
+        # sys.exit("message") means status 1, as Python itself exits for it.
+        code = exc.code if isinstance(exc.code, int) else (
+            ExitCode.OK if exc.code is None else _say(str(exc.code), ExitCode.MISMATCH))
+    except OSError as exc:
+        if not isinstance(exc, BrokenPipeError) and exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
+            raise
+        code = _fail(exc)
+    _leave(code)
+
+
+def _say(message: str, code: int) -> int:
+    if sys.stderr is not None:
+        try:
+            print(message, file=sys.stderr)
+        except OSError:
+            pass
+    return code
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    if "torch" in sys.modules or sys.stdout is None or sys.stdout.closed:
+        os._exit(code)
+    try:
+        sys.exit(code)
+    finally:
+        # A stdout that failed must not fail again at interpreter shutdown.
+        if isinstance(sys.stdout, io.TextIOBase) and not sys.stdout.closed:
+            try:
+                sys.stdout.flush()
+            except OSError:
+                sys.stdout = None

@@ -1,0 +1,173 @@
+"""One body per command: parsed options in, one core call, lines out, an exit code.
+
+Both parsers (the job-start argparse path and the typer app) call these; the keywords are the names declared in
+envlock.cli.options. A body raises what the core raises; envlock.cli maps it to one line and its code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from envlock.atomic import write_atomic
+from envlock.build import build as build_image
+from envlock.capturing import capture as capture_lock
+from envlock.errors import ExitCode
+from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
+from envlock.findings import Report
+from envlock.fleet import verify_fleet
+from envlock.lockfile import default_lock_path, load
+from envlock.report import render_fleet, render_json, render_rank_line, render_text
+from envlock.runner import exec_job, prepare_job
+from envlock.show import render_summary
+from envlock.verifying import VerifyOptions
+from envlock.verifying import diff as diff_locks
+from envlock.verifying import verify as verify_lock
+
+PathArg = str | Path
+
+
+def error_line(message: str) -> str:
+    """The one line a command prints on stderr when it fails."""
+    return f"envlock: error: {message}"
+
+
+def say(line: str, *, err: bool = False) -> None:
+    """Print one line (flushed, so progress shows while a build runs)."""
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _report(report: Report, *, as_json: bool, quiet: bool, title: str) -> None:
+    if as_json:
+        say(render_json(report))
+    else:
+        for line in render_text(report, title=title, quiet=quiet):
+            say(line)
+
+
+def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force: bool, add_target: bool,
+            no_numerics: bool, hashes: bool) -> ExitCode:
+    """`envlock capture`: write the lock; one line says what was written."""
+    paths = [str(p) for p in facts]
+    raw = load_facts_files(paths, use_torch=not no_torch) if paths else None
+    result = capture_lock(output, facts=raw, facts_name=", ".join(paths), use_torch=not no_torch, force=force,
+                          add_target=add_target, init_cuda=True, numerics=not no_numerics, hashes=hashes)
+    lock = result.lock
+    kept = "; kept the existing policy and comments" if result.kept_policy else ""
+    targets = ", ".join(lock.targets)
+    what = f"added target {result.added_target} (targets: {targets})" if result.added_target else f"target {targets}"
+    line = f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}"
+    if hashes:
+        hashed = sum(1 for p in lock.packages.values() if p.hashes)
+        line += f"\nartifact hashes from the index for {hashed} packages"
+        if result.unhashed:
+            line += f"; none for {', '.join(result.unhashed)} (not on the index)"
+    say(line)
+    return ExitCode.OK
+
+
+def facts(*, output: PathArg | None, no_torch: bool, nvidia_smi: PathArg | None, no_numerics: bool) -> ExitCode:
+    """`envlock facts`: the raw facts as JSON, on stdout or into a file."""
+    gathered = collect_facts(use_torch=not no_torch, init_cuda=True, numerics=not no_numerics)
+    if nvidia_smi is not None:
+        gathered["gpu"] = load_facts(nvidia_smi).get("gpu", gathered["gpu"])
+    text = dumps_facts(gathered)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(output, text)
+        say(f"wrote {output}")
+    return ExitCode.OK
+
+
+def show(*, lock: PathArg | None) -> ExitCode:
+    """`envlock show`: the lock's warnings on stderr, its summary on stdout."""
+    path = lock or default_lock_path()
+    loaded, warnings = load(path)
+    for warning in warnings:
+        say(f"envlock: warning: {warning}", err=True)
+    for line in render_summary(loaded, str(path)):
+        say(line)
+    return ExitCode.OK
+
+
+def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts: Sequence[PathArg],
+           ignore: Sequence[str], warn: Sequence[str], target: str | None, quiet: bool, distributed: bool,
+           timeout: float | None) -> int:
+    """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed, the fleet's code)."""
+    paths = [str(p) for p in facts]
+    loaded = load_facts_files(paths) if paths else None
+    if distributed:
+        return _verify_fleet(lock, VerifyOptions(
+            fast=fast, deep=deep, facts=loaded, facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn),
+            target=target, init_cuda=True), timeout=timeout, as_json=as_json, quiet=quiet)
+    report = verify_lock(lock, fast=fast, deep=deep, facts=loaded, facts_name=", ".join(paths), ignore=ignore,
+                         warn=warn, target=target, init_cuda=True)
+    _report(report, as_json=as_json, quiet=quiet, title="verify")
+    return ExitCode.OK if report.ok else ExitCode.MISMATCH
+
+
+def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: float | None, as_json: bool,
+                  quiet: bool) -> int:
+    """Rank 0 prints the fleet's report; another rank one line on stderr, only when its own verify failed or no
+    verdict came; every rank returns the fleet's exit code."""
+    report = verify_fleet(lock, options, timeout=timeout)
+    if report.rank == 0:
+        if as_json:
+            say(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            for line in render_fleet(report, quiet=quiet):
+                say(line)
+    elif not report.got_verdict or (report.me is not None and report.me.code != ExitCode.OK):
+        say(render_rank_line(report), err=True)
+    return int(report.exit_code)
+
+
+def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool) -> ExitCode:
+    """`envlock diff`: the report; MISMATCH when the locks differ in an error-severity field."""
+    report = diff_locks(lock_a, lock_b)
+    _report(report, as_json=as_json, quiet=False, title="diff")
+    return ExitCode.OK if report.ok else ExitCode.MISMATCH
+
+
+def run(*, command: list[str], lock: PathArg | None, fast: bool) -> ExitCode:
+    """`envlock run`: apply the lock's env vars, verify, then become the job (MISMATCH when it is not started)."""
+    job = prepare_job(Path(lock) if lock is not None else None, fast=fast)
+    if job.report is not None and (not job.report.ok or job.report.warnings):
+        for line in render_text(job.report, title="run"):
+            say(line, err=True)
+    if not job.start:
+        say(error_line("the job was not started (set ENVLOCK_VERIFY=warn to start it anyway)"), err=True)
+        return ExitCode.MISMATCH
+    exec_job(command)
+    return ExitCode.OK  # not reached: exec_job replaces this process or raises
+
+
+def build(*, lock: PathArg | None, tag: str | None, base: str | None, context: PathArg | None,
+          wheelhouse: Sequence[PathArg], allow_unpinned_base: bool, no_cache: bool) -> ExitCode:
+    """`envlock build`: build and verify the image, then tag it (MISMATCH when it does not verify)."""
+    result = build_image(
+        Path(lock or default_lock_path()), tag=tag, base=base, context_dir=Path(context) if context else None,
+        wheelhouses=tuple(Path(w) for w in wheelhouse), allow_unpinned_base=allow_unpinned_base, no_cache=no_cache,
+        echo=lambda line: say(f"  {line}"),
+    )
+    if result.context_dir:
+        say(f"wrote the build context to {result.context_dir}: {result.requirements} wheels, "
+            f"context sha256:{result.context_sha256}")
+        return ExitCode.OK
+    say(f"built {result.image_id[:19]} (context sha256:{result.context_sha256[:16]}…)")
+    say(result.verify_output.rstrip())
+    if result.verify_exit != ExitCode.OK:
+        say(error_line(f"envlock verify failed inside the new image (exit {result.verify_exit}); "
+                       f"it was left untagged as {result.image_id[:19]}"), err=True)
+        return ExitCode.MISMATCH
+    say(f"tagged {result.tag}")
+    return ExitCode.OK
+
+
+#: The body of each command declared in envlock.cli.options, by name.
+BODIES: dict[str, Callable[..., int]] = {
+    "capture": capture, "facts": facts, "show": show, "verify": verify, "diff": diff, "run": run, "build": build,
+}
