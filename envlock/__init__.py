@@ -15,7 +15,7 @@ from envlock.findings import Finding, Report
 if TYPE_CHECKING:
     from envlock.api import capture, check, verify
     from envlock.capturing import CaptureResult
-    from envlock.fleet import FleetReport
+    from envlock.fleet.decide import FleetReport
 
 __all__ = [
     "CaptureResult",
@@ -36,7 +36,7 @@ __all__ = [
 
 #: Names served from other modules on first use (PEP 562), so that `import envlock` costs a few milliseconds.
 _LAZY = {"capture": "envlock.api", "check": "envlock.api", "verify": "envlock.api",
-         "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet"}
+         "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet.decide"}
 
 
 def __getattr__(name: str) -> Any:

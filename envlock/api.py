@@ -10,7 +10,7 @@ from envlock.capturing import CaptureResult
 from envlock.capturing import capture as _capture
 from envlock.errors import EnvMismatchError
 from envlock.findings import Report
-from envlock.fleet import check_fleet, verify_fleet
+from envlock.fleet.run import check_fleet, verify_fleet
 from envlock.verifying import VerifyOptions, examine
 
 PathLike = str | os.PathLike[str]

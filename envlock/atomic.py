@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from envlock.errors import UsageError
@@ -11,6 +10,8 @@ from envlock.errors import UsageError
 
 def write_atomic(path: str | os.PathLike[str], data: str) -> None:
     """Write `data` (UTF-8) to `path` through a temporary file in the same folder and a rename."""
+    import tempfile  # here, not at the top: the job-start path writes nothing and should not pay for it
+
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():

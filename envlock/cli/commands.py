@@ -12,12 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from envlock.atomic import write_atomic
-from envlock.build import build as build_image
 from envlock.capturing import capture as capture_lock
 from envlock.errors import ExitCode
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
 from envlock.findings import Report
-from envlock.fleet import verify_fleet
 from envlock.lockfile import default_lock_path, load
 from envlock.report import render_fleet, render_json, render_rank_line, render_text
 from envlock.runner import exec_job, prepare_job
@@ -113,6 +111,8 @@ def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: floa
                   quiet: bool) -> int:
     """Rank 0 prints the fleet's report; another rank one line on stderr, only when its own verify failed or no
     verdict came; every rank returns the fleet's exit code."""
+    from envlock.fleet.run import verify_fleet  # the transport loads for --distributed only
+
     report = verify_fleet(lock, options, timeout=timeout)
     if report.rank == 0:
         if as_json:
@@ -148,6 +148,8 @@ def run(*, command: list[str], lock: PathArg | None, fast: bool) -> ExitCode:
 def build(*, lock: PathArg | None, tag: str | None, base: str | None, context: PathArg | None,
           wheelhouse: Sequence[PathArg], allow_unpinned_base: bool, no_cache: bool) -> ExitCode:
     """`envlock build`: build and verify the image, then tag it (MISMATCH when it does not verify)."""
+    from envlock.build import build as build_image  # not on the job-start path (tarfile, zipfile, docker)
+
     result = build_image(
         Path(lock or default_lock_path()), tag=tag, base=base, context_dir=Path(context) if context else None,
         wheelhouses=tuple(Path(w) for w in wheelhouse), allow_unpinned_base=allow_unpinned_base, no_cache=no_cache,

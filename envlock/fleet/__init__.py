@@ -1,73 +1,7 @@
 """`envlock verify --distributed`: every rank verifies itself, the ranks compare fingerprints, rank 0 reports.
 
-The package has three floors: `wire` (the fixed-size records each rank writes), `decide` (the pure grouping and
-verdict) and `store` (the exchange over torch.distributed's key-value store, the only user of torch). No process
-group is created, so none is left behind; the job's process group, when there is one, lends its store. Rendering
-the report is `envlock.report.render_fleet` / `render_rank_line`.
+wire: the fixed-size fingerprint and verdict records; decide: the pure grouping and verdict (and FleetReport);
+store: the exchange over torch.distributed's key-value store (the only module that touches torch.distributed);
+run: verify_fleet / check_fleet, the entry points. This file imports none of them, so that the renderers can use
+`decide` without loading the transport.
 """
-
-from __future__ import annotations
-
-import os
-import socket
-
-from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError
-from envlock.findings import Finding, ordered
-from envlock.fleet.decide import FleetReport
-from envlock.fleet.store import check_launcher, exchange, first_line, joined, resolve_timeout
-from envlock.fleet.wire import encode_summary, summarize
-from envlock.lockfile import default_lock_path
-from envlock.verifying import Verification, VerifyOptions, examine
-
-__all__ = ["FleetReport", "check_fleet", "verify_fleet"]
-
-
-def verify_fleet(path: str | os.PathLike[str] | None = None, options: VerifyOptions = VerifyOptions(), *,
-                 timeout: float | None = None, host: str | None = None) -> FleetReport:
-    """Verify this rank, exchange fingerprints with every rank, and return the fleet's verdict as this rank sees it.
-
-    An EnvlockError in this rank's own verify is reported to the fleet (its exit code joins the verdict) rather than
-    raised; only a failure to reach the other ranks raises.
-    """
-    bound = resolve_timeout(timeout)
-    check_launcher()
-    verification: Verification | None = None
-    error: EnvlockError | None = None
-    try:
-        verification = examine(path, options)
-    except EnvlockError as exc:
-        error = exc
-    report = verification.report if verification is not None else None
-    with joined(bound) as (store, rank, world, generation):
-        summary = summarize(rank, host or socket.gethostname(), verification, error)
-        payload = encode_summary(summary)
-        try:
-            got = exchange(store, rank, world, payload, bound,
-                           policy=verification.policy if verification is not None else None, generation=generation)
-        except RuntimeError as exc:
-            raise EnvironmentUnavailable(f"rank {rank}: the fleet exchange failed: {first_line(exc)}") from None
-    findings = list(report.findings) if report is not None else []
-    if got.decision is not None:
-        findings.extend(got.decision.findings)
-    elif got.severity:
-        findings.append(Finding(path="fleet", expected="every rank matches the lock and the others",
-                                actual=got.line, severity=got.severity, hint="the fleet report is on rank 0"))
-    notes = tuple(report.notes) if report is not None else (f"this rank could not verify: {error}",)
-    return FleetReport(
-        lock=report.lock if report is not None else str(path or default_lock_path()),
-        target=report.target if report is not None else "",
-        findings=ordered(findings),
-        skipped=report.skipped if report is not None else (), notes=notes,
-        rank=rank, world_size=world, exit_code=got.code, verdict=got.line, timeout=bound, me=summary,
-        ranks=got.summaries, missing=got.missing, decision=got.decision, got_verdict=got.got_verdict,
-    )
-
-
-def check_fleet(path: str | os.PathLike[str] | None = None, options: VerifyOptions = VerifyOptions(), *,
-                timeout: float | None = None, host: str | None = None) -> FleetReport:
-    """Like verify_fleet(), but raise EnvMismatchError (exit code = the fleet's) when the fleet is not ok."""
-    report = verify_fleet(path, options, timeout=timeout, host=host)
-    if not report.ok:
-        raise EnvMismatchError(report, report.exit_code)
-    return report
-

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
-from typing import Any
-from xml.parsers import expat
+from typing import TYPE_CHECKING, Any
 
 from envlock.model import ModelError
 from envlock.probes.gpu_arch import compute_capability
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 32
@@ -40,6 +41,10 @@ def _refuse_external(*_args: Any) -> int:
 
 def _load(text: str, source: str) -> ET.Element:
     """The report's root element, parsed with DTD entities refused and nesting bounded."""
+    # xml is imported only when a report is parsed: the job-start path never parses one.
+    import xml.etree.ElementTree as ET
+    from xml.parsers import expat
+
     if not isinstance(text, str):
         raise ModelError("gpu", f"{source}: expected text, got {type(text).__name__}")
     if len(text) > MAX_REPORT_BYTES or len(text.encode("utf-8", "replace")) > MAX_REPORT_BYTES:
