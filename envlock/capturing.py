@@ -59,12 +59,6 @@ def target_name(target: Target) -> str:
     return re.sub(r"[^a-z0-9_.+-]+", "-", name.lower()).strip("-") or "default"
 
 
-def _parse_numerics(raw: Any) -> Any:
-    if raw is None:
-        return None  # the probe's module is not imported on the job-start path
-    return parse_numerics(raw)
-
-
 def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: str = "") -> Lock:
     """The lock the given raw facts imply (pure: the same facts always give the same lock)."""
     if not isinstance(facts, dict):
@@ -76,7 +70,7 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
         blas=parse_blas(facts.get("blas", {})),
         gpu=parse_gpu(facts.get("gpu", {})),
         threads=parse_threads(torch),
-        numerics=_parse_numerics(facts.get("numerics")),
+        numerics=parse_numerics(facts.get("numerics")),
     )
     lock = Lock(
         lock=LockHeader(schema=SCHEMA_VERSION, envlock=__version__, created=created or created_now(),

@@ -20,9 +20,8 @@ from envlock.lockfile import default_lock_path, load
 from envlock.report import render_fleet, render_json, render_rank_line, render_text
 from envlock.runner import exec_job, prepare_job
 from envlock.show import render_summary
-from envlock.verifying import VerifyOptions
+from envlock.verifying import VerifyOptions, examine
 from envlock.verifying import diff as diff_locks
-from envlock.verifying import verify as verify_lock
 
 PathArg = str | Path
 
@@ -96,13 +95,12 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
            timeout: float | None) -> int:
     """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed, the fleet's code)."""
     paths = [str(p) for p in facts]
-    loaded = load_facts_files(paths) if paths else None
+    options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
+                            facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
+                            init_cuda=True)
     if distributed:
-        return _verify_fleet(lock, VerifyOptions(
-            fast=fast, deep=deep, facts=loaded, facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn),
-            target=target, init_cuda=True), timeout=timeout, as_json=as_json, quiet=quiet)
-    report = verify_lock(lock, fast=fast, deep=deep, facts=loaded, facts_name=", ".join(paths), ignore=ignore,
-                         warn=warn, target=target, init_cuda=True)
+        return _verify_fleet(lock, options, timeout=timeout, as_json=as_json, quiet=quiet)
+    report = examine(lock, options).report
     _report(report, as_json=as_json, quiet=quiet, title="verify")
     return ExitCode.OK if report.ok else ExitCode.MISMATCH
 
