@@ -9,7 +9,6 @@ call the same bodies in envlock.cli.commands.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -108,20 +107,18 @@ def _say(message: str, code: int) -> int:
 
 
 def _leave(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-    if "torch" in sys.modules or sys.stdout is None or sys.stdout.closed:
-        os._exit(code)
+    """Flush what the command wrote and leave at once: interpreter teardown (module finalizers, torch's above all)
+    is time every rank pays at job start and nothing in it is the user's. A stdout that cannot take the last of
+    the output is one line on stderr and exit 2."""
     try:
-        sys.exit(code)
-    finally:
-        # A stdout that failed must not fail again at interpreter shutdown.
-        if isinstance(sys.stdout, io.TextIOBase) and not sys.stdout.closed:
-            try:
-                sys.stdout.flush()
-            except OSError:
-                sys.stdout = None
+        if sys.stdout is not None and not sys.stdout.closed:
+            sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError):
+            code = _fail(exc)
+    try:
+        if sys.stderr is not None and not sys.stderr.closed:
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
