@@ -24,6 +24,9 @@ class Finding:
     actual: str
     severity: str
     hint: str = ""
+    #: The path of the finding this one follows from, when the comparison knows it (a probe kernel that moved
+    #: because the thread count did names "threads.torch"); envlock.causes groups the report by it.
+    cause: str = ""
 
     def to_dict(self) -> dict[str, str]:
         """Plain data for JSON output."""

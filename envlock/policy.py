@@ -31,6 +31,7 @@ DEFAULT_RULES: dict[str, tuple[str, str]] = {
     "blas.*": ("exact", "error"),
     "blas.libraries.*.*": ("exact", "error"),
     "threads.*": ("exact", "error"),
+    "threads.torch_interop": ("exact", "warn"),
     "gpu.count": ("min", "error"),
     "gpu.driver": ("min", "error"),
     "gpu.driver_for_cuda": ("exact", "error"),

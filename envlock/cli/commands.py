@@ -91,8 +91,8 @@ def show(*, lock: PathArg | None) -> ExitCode:
 
 
 def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts: Sequence[PathArg],
-           ignore: Sequence[str], warn: Sequence[str], target: str | None, quiet: bool, distributed: bool,
-           timeout: float | None) -> int:
+           ignore: Sequence[str], warn: Sequence[str], target: str | None, quiet: bool, strict: bool,
+           distributed: bool, timeout: float | None) -> int:
     """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed, the fleet's code)."""
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
@@ -102,7 +102,12 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
         return _verify_fleet(lock, options, timeout=timeout, as_json=as_json, quiet=quiet)
     report = examine(lock, options).report
     _report(report, as_json=as_json, quiet=quiet, title="verify")
-    return ExitCode.OK if report.ok else ExitCode.MISMATCH
+    return _code(report, strict=strict)
+
+
+def _code(report: Report, *, strict: bool) -> ExitCode:
+    """MISMATCH on an error-severity finding; with --strict, on any finding."""
+    return ExitCode.OK if report.ok and not (strict and report.findings) else ExitCode.MISMATCH
 
 
 def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: float | None, as_json: bool,
@@ -123,14 +128,14 @@ def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: floa
     return int(report.exit_code)
 
 
-def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool) -> ExitCode:
+def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool) -> ExitCode:
     """`envlock diff`: the report; MISMATCH when the locks differ in an error-severity field."""
     report = diff_locks(lock_a, lock_b)
     _report(report, as_json=as_json, quiet=False, title="diff")
-    return ExitCode.OK if report.ok else ExitCode.MISMATCH
+    return _code(report, strict=strict)
 
 
-def run(*, command: list[str], lock: PathArg | None, fast: bool) -> ExitCode:
+def run(*, command: list[str], lock: PathArg | None, fast: bool, quiet: bool) -> ExitCode:
     """`envlock run`: apply the lock's env vars, verify, then become the job (MISMATCH when it is not started)."""
     job = prepare_job(Path(lock) if lock is not None else None, fast=fast)
     if job.report is not None and (not job.report.ok or job.report.warnings):

@@ -102,6 +102,7 @@ VERIFY = Command("verify", "Check this machine and process against the lock; exi
     repeatable("warn", "--warn", help="Only warn for this dotted path (pattern); repeatable."),
     option("target", "--target", help="Compare with this target of the lock."),
     flag("quiet", "-q", "--quiet", help="Print nothing when everything matches."),
+    flag("strict", "--strict", help="Treat warnings as errors: exit 1 when there is any finding."),
     flag("distributed", "--distributed", help="Run on every rank (torchrun, srun): the ranks compare fingerprints "
          "and rank 0 prints one report; every rank exits with the fleet's code (docs/fleet.md)."),
     option("timeout", "--timeout", type=float, metavar="SECONDS", help="With --distributed: the bound on waiting "
@@ -112,6 +113,7 @@ DIFF = Command("diff", "Compare two locks; exit 1 when they differ in an error-s
     positional("lock_a", type=Path, default=REQUIRED, help="The lock taken as expected."),
     positional("lock_b", type=Path, default=REQUIRED, help="The lock compared with it."),
     flag("as_json", "--json", help="Print the report as JSON."),
+    flag("strict", "--strict", help="Treat warnings as errors: exit 1 when the locks differ at all."),
 ))
 
 RUN = Command("run", "Apply the lock's numerics env vars, verify, then replace this process with the job.\n\n"
@@ -120,6 +122,7 @@ RUN = Command("run", "Apply the lock's numerics env vars, verify, then replace t
     variadic("command", help="The job to start, after `--`."),
     option("lock", "--lock", type=Path, help=LOCK_HELP),
     flag("fast", "--fast", help="Verify without importing torch or numpy."),
+    flag("quiet", "-q", "--quiet", help="Do not print the line naming the env vars set or unset for the job."),
 ), interspersed=False)
 
 BUILD = Command("build", "Build a container image with exactly the locked packages, then verify the image against "
