@@ -31,7 +31,7 @@ def _options(fast: bool, deep: bool, ignore: Iterable[str], warn: Iterable[str],
 def verify(path: PathLike | None = None, *, fast: bool = False, deep: bool = False, ignore: Iterable[str] = (),
            warn: Iterable[str] = (), target: str | None = None, distributed: bool = False,
            timeout: float | None = None) -> Report:
-    """Compare this process with the lock (default ./envlock.lock, then $ENVLOCK_LOCK); returns a Report.
+    """Compare this process with the lock (default $ENVLOCK_LOCK when set, else ./envlock.lock); returns a Report.
 
     Call it inside a job after its own setup: flags set in code (TF32, thread counts) are seen as they are now.
     `distributed=True` (on every rank; `timeout` seconds) also compares the ranks with each other and returns a

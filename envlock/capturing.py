@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envlock._version import __version__
 from envlock.atomic import write_atomic
@@ -87,14 +87,26 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
     return seal(lock, envlock_version=__version__, created=lock.lock.created)
 
 
+#: What `--add-target` did with this machine's target: "added" it (a new target), or found it already in the
+#: lock exactly as captured ("unchanged": nothing is written). "" without `--add-target`.
+TargetAction = Literal["", "added", "unchanged"]
+
+
 @dataclass(frozen=True)
 class CaptureResult:
-    """What a capture wrote."""
+    """What a capture wrote (with `target_action == "unchanged"`: the lock it found, left as it was)."""
     path: Path
     lock: Lock
     kept_policy: bool
+    #: The target `--add-target` added; "" when it added none.
     added_target: str = ""
     unhashed: tuple[str, ...] = ()
+    target_action: TargetAction = ""
+    #: With `--add-target`: this machine's target in the lock, added or found there.
+    target_name: str = ""
+    #: With `--add-target`: the name this machine's target would have had, when the lock already gives it to
+    #: other hardware (so the new target got a numbered name instead); "" otherwise.
+    name_taken: str = ""
 
 
 def _previous(path: Path) -> tuple[str | None, Policy | None]:
@@ -157,13 +169,14 @@ def capture(
         if facts_name:
             raise FactsError(facts_name, exc.message, exc.where) from None
         raise EnvlockError(f"this environment holds a value envlock cannot lock: {exc}") from None
-    added = ""
-    if add_target:
-        lock, added = _with_target(path, lock)
-    text = dumps(lock, name=path.name, previous=previous)
-    write_atomic(path, text)
-    return CaptureResult(path=path, lock=lock, kept_policy=policy is not None, added_target=added,
-                         unhashed=tuple(unhashed))
+    merged = _with_target(path, lock) if add_target else _Merged(lock=lock)
+    kept = policy is not None
+    if merged.action != "unchanged":
+        write_atomic(path, dumps(merged.lock, name=path.name, previous=previous))
+    # "unchanged": the lock already holds this machine exactly; rewriting it would only move its creation time.
+    return CaptureResult(path=path, lock=merged.lock, kept_policy=kept,
+                         added_target=merged.name if merged.action == "added" else "", unhashed=tuple(unhashed),
+                         target_action=merged.action, target_name=merged.name, name_taken=merged.name_taken)
 
 
 def with_artifact_hashes(facts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -193,8 +206,16 @@ def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None
     return None if a == b else (where, a, b)
 
 
-def _with_target(path: Path, new: Lock) -> tuple[Lock, str]:
-    """The existing lock at `path` with `new`'s only target added; its software must be the lock's."""
+@dataclass(frozen=True)
+class _Merged:
+    lock: Lock
+    name: str = ""
+    action: TargetAction = ""
+    name_taken: str = ""
+
+
+def _with_target(path: Path, new: Lock) -> _Merged:
+    """The existing lock at `path` with `new`'s only target added (unless it holds it already); same software."""
     old, _ = load(path)
     old_data, new_data = to_dict(old), to_dict(new)
     for section in SOFTWARE:
@@ -209,9 +230,13 @@ def _with_target(path: Path, new: Lock) -> tuple[Lock, str]:
             )
     (name, target), = new.targets.items()
     targets = dict(old.targets)
+    same = sorted(key for key, held in targets.items() if held == target)
+    if same:
+        return _Merged(lock=old, name=name if name in same else same[0], action="unchanged")
     base, n = name, 2
-    while name in targets and targets[name] != target:
+    while name in targets:
         name, n = f"{base}-{n}", n + 1
     targets[name] = target
     merged = dataclasses.replace(old, targets={k: targets[k] for k in sorted(targets)})
-    return seal(merged, envlock_version=__version__, created=new.lock.created), name
+    return _Merged(lock=seal(merged, envlock_version=__version__, created=new.lock.created), name=name,
+                   action="added", name_taken=base if name != base else "")

@@ -39,12 +39,10 @@ UNHASHED = ("lock", "policy")
 
 
 def default_lock_path() -> Path:
-    """The lock a command uses when none is named: ./envlock.lock, else $ENVLOCK_LOCK."""
-    local = Path("envlock.lock")
-    if local.exists():
-        return local
-    env = os.environ.get("ENVLOCK_LOCK")
-    return Path(env) if env else local
+    """The lock a command uses when none is named: $ENVLOCK_LOCK when set (the images `envlock build` makes set
+    it), else ./envlock.lock."""
+    env = os.environ.get("ENVLOCK_LOCK", "").strip()
+    return Path(env) if env else Path("envlock.lock")
 
 
 def content_hash(data: dict[str, Any]) -> str:
@@ -96,22 +94,25 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
         raise LockError(name, "not valid TOML: a number is too long") from None
 
 
-def find_project_policy(start: Path) -> tuple[str, dict[str, Any]] | None:
-    """(file, its [tool.envlock] table) from the nearest pyproject.toml at or above `start`, or None."""
-    for folder in (start, *start.parents):
+def find_project_policy(start: Path | None = None) -> tuple[str, dict[str, Any]] | None:
+    """(file, its [tool.envlock] table) from the nearest pyproject.toml that has one, at or above `start` (the
+    working directory by default), or None. A pyproject.toml without the table does not stop the search."""
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            text = read_text(candidate)
-            if "envlock" not in text:
-                return None  # another project's file, perhaps one envlock cannot read: none of envlock's business
-            data = parse_toml(text, str(candidate))
-            tool = data.get("tool", {})
-            section = tool.get("envlock") if isinstance(tool, dict) else None
-            if section is None:
-                return None
-            if not isinstance(section, dict):
-                raise LockError(str(candidate), "expected a table", "tool.envlock")
-            return str(candidate), section
+        if not candidate.is_file():
+            continue
+        text = read_text(candidate)
+        if "envlock" not in text:
+            continue  # another project's file, perhaps one envlock cannot read: none of envlock's business
+        data = parse_toml(text, str(candidate))
+        tool = data.get("tool", {})
+        section = tool.get("envlock") if isinstance(tool, dict) else None
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise LockError(str(candidate), "expected a table", "tool.envlock")
+        return str(candidate), section
     return None
 
 

@@ -37,6 +37,8 @@ HEXBITS = r"[0-9a-f]{4,16}"
 
 Severity = Literal["error", "warn"]
 RuleKind = Literal["exact", "min", "compatible", "ignore"]
+#: How loud a missing or an extra package is: a severity, or not at all.
+PackageRule = Literal["error", "warn", "ignore"]
 SourceKind = Literal["index", "vcs", "url", "local", "editable", "unknown"]
 
 
@@ -63,10 +65,11 @@ class Rule:
 
 @dataclass(frozen=True)
 class Policy:
-    """`[policy]`: per-field rules, keyed by dotted path patterns (`*` stands for one segment)."""
+    """`[policy]`: per-field rules, keyed by dotted path patterns (`*` stands for one segment, a trailing `**`
+    for any depth)."""
 
-    missing_packages: Severity = "error"
-    extra_packages: Severity = "warn"
+    missing_packages: PackageRule = "error"
+    extra_packages: PackageRule = "warn"
     probe_shapes: tuple[str, ...] = grammar(SHAPE, default=())
     rules: dict[str, Rule] = keyed(POLICY_KEY, default_factory=dict)
 

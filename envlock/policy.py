@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
 from typing import Any
 
 from envlock.errors import LockError, UsageError
 from envlock.model import POLICY_KEY, ModelError, Policy, Rule, from_dict
 
-# Dotted-path pattern -> (rule, severity). `*` stands for exactly one segment; the most specific pattern wins.
+# Dotted-path pattern -> (rule, severity). `*` stands for exactly one segment, a trailing `**` for any number of
+# them (`floats.**`: everything under floats); the most specific pattern wins.
 DEFAULT_RULES: dict[str, tuple[str, str]] = {
     "python.*": ("exact", "error"),
     "python.platform_tag": ("exact", "warn"),
@@ -62,24 +64,75 @@ def default_policy() -> Policy:
     return Policy(missing_packages="error", extra_packages="warn", rules={k: rules[k] for k in sorted(rules)})
 
 
-def _specificity(pattern: str) -> tuple[int, int]:
+def _specificity(pattern: str) -> tuple[int, int, int, int]:
     segments = pattern.split(".")
-    return (sum(1 for s in segments if s != "*"), len(segments))
+    return (sum(1 for s in segments if "*" not in s), sum(1 for s in segments if s not in ("*", "**")),
+            len(segments), segments[-1] != "**")
+
+
+def _segment(want: str, have: str) -> bool:
+    return want == "*" or want == have or ("*" in want and fnmatchcase(have, want))
 
 
 def _matches(pattern: str, path: str) -> bool:
     want, have = pattern.split("."), path.split(".")
-    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=False))
+    if want[-1] == "**":
+        want = want[:-1]
+        have = have[: len(want)] if len(have) > len(want) else have
+    return len(want) == len(have) and all(_segment(w, h) for w, h in zip(want, have, strict=False))
 
 
 def subsumes(general: str, specific: str) -> bool:
-    """Whether every path `specific` matches is also matched by `general` (`platform.*` ⊇ `platform.system`)."""
-    return _matches(general, specific.replace("*", "\0")) or general == specific
+    """Whether every path `specific` matches is also matched by `general` (`platform.*` ⊇ `platform.system`,
+    `floats.**` ⊇ `floats.env.*`)."""
+    if general == specific:
+        return True
+    if specific.endswith(".**") and not general.endswith(".**"):
+        return False
+    return _matches(general, specific.replace("**", "\1").replace("*", "\0"))
+
+
+def could_match(pattern: str, path: str) -> bool:
+    """Whether `pattern` matches `path`, where a `*` segment of `path` stands for any one name (a device index, a
+    library id)."""
+    want, have = pattern.split("."), path.split(".")
+    if want[-1] == "**":
+        want = want[:-1]
+        if len(have) < len(want):
+            return False
+        have = have[: len(want)]
+    return len(want) == len(have) and all(h == "*" or _segment(w, h) for w, h in zip(want, have, strict=False))
+
+
+def unmatched(patterns: Iterable[str], paths: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """(pattern, the nearest valid patterns) for each pattern that matches none of `paths` (a rule that would
+    silently do nothing)."""
+    import difflib  # only when a pattern is given
+
+    universe = sorted(set(paths))
+    out = []
+    for pattern in patterns:
+        if any(could_match(pattern, path) for path in universe):
+            continue
+        prefix = pattern.rstrip("*").rstrip(".") + "."
+        if any(path.startswith(prefix) for path in universe):
+            out.append((pattern, [prefix + "**"]))
+            continue
+        parent, _, last = pattern.rpartition(".")
+        siblings = {p.rpartition(".")[2].lower(): p for p in universe if p.rpartition(".")[0] == parent}
+        if siblings:  # the parent is right: the nearest names under it
+            near = difflib.get_close_matches(last.lower().replace("*", ""), list(siblings), n=3, cutoff=0.6)
+            out.append((pattern, [siblings[n] for n in near]))
+            continue
+        lowered = {path.lower(): path for path in universe}
+        near = difflib.get_close_matches(pattern.lower(), list(lowered), n=3, cutoff=0.6)
+        out.append((pattern, [lowered[n] for n in near]))
+    return out
 
 
 def explicit_rule(policy: Policy, path: str) -> Rule | None:
     """The most specific rule whose pattern matches `path`, or None when no pattern does."""
-    best: tuple[tuple[int, int], Rule] | None = None
+    best: tuple[tuple[int, int, int, int], Rule] | None = None
     for pattern, rule in policy.rules.items():
         if _matches(pattern, path):
             score = _specificity(pattern)
@@ -129,6 +182,9 @@ def merge_policy(
 
 def check_pattern(pattern: str, option: str) -> str:
     """`pattern` when it is a dotted-path pattern, else a UsageError naming the option."""
-    if not re.fullmatch(POLICY_KEY, pattern):
-        raise UsageError(f"{option} {pattern!r}: expected a dotted path such as packages.numpy.version or cpu.*")
+    segments = pattern.split(".")
+    if not re.fullmatch(POLICY_KEY, pattern) or "" in segments or any("**" in seg for seg in segments[:-1]) or (
+            "**" in segments[-1] and segments[-1] != "**"):
+        raise UsageError(f"{option} {pattern!r}: expected a dotted path such as packages.numpy.version, with * in a "
+                         "segment (cpu.*, floats.env.OMP_*) or a trailing ** for any depth (floats.**)")
     return pattern

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 from envlock.findings import ABSENT, UNSET, Report
@@ -16,37 +17,67 @@ from envlock.fleet.decide import (
     ranks_label,
 )
 
+#: Findings shown under one cause before "and N more" (--json lists them all).
+SHOWN = 8
+WRAP = 100
+
 
 def render_text(report: Report, *, title: str = "verify", quiet: bool = False) -> list[str]:
-    """The report as lines: a one-line verdict, then a table of findings with their hints."""
+    """The report as lines: a one-line verdict naming the lock, the policy sources, then one block per root cause
+    (its headline, the findings it explains, the hint of its root)."""
     errors, warnings = len(report.errors), len(report.warnings)
+    if quiet and report.ok and not warnings:
+        return []
     target = f" (target {report.target})" if report.target else ""
     if report.ok:
-        verdict = "OK" if not warnings else f"OK with {warnings} warning{'s' if warnings != 1 else ''}"
+        verdict = "OK" if not warnings else f"OK with {_count(warnings, 'warning')}"
     else:
-        verdict = f"MISMATCH: {errors} error{'s' if errors != 1 else ''}" + (
-            f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "")
-    lines = [] if quiet and report.ok and not warnings else [f"envlock {title}: {verdict} — {report.lock}{target}"]
-    if quiet and report.ok and not warnings:
-        return lines
+        verdict = f"MISMATCH: {_count(errors, 'error')}" + (f", {_count(warnings, 'warning')}" if warnings else "")
+    causes = report.causes
+    if causes and len(causes) != len(report.findings):
+        verdict += f" from {_count(len(causes), 'cause')}"
+    lock = f"{report.lock} → {report.other}" if report.other else report.lock
+    lines = [f"envlock {title}: {verdict} — {lock}{target}"]
+    if len(report.sources) > 1:  # more than the lock's own [policy] applied: say what, in order
+        lines.append(f"  policy: {', then '.join(report.sources)}")
     for note in report.notes:
         lines.append(f"  note: {note}")
     if report.skipped:
-        lines.append(f"  not checked (--fast): {', '.join(report.skipped)}")
-    if not report.findings:
+        lines.append(f"  not checked ({report.skipped_because}): {', '.join(report.skipped)}")
+    if not causes:
         return lines
-    width_path = min(48, max(len(f.path) for f in report.findings))
-    width_val = 24
-    lines.append(f"  {'SEVERITY':<8}  {'PATH':<{width_path}}  {'EXPECTED':<{width_val}}  ACTUAL")
-    for f in report.findings:
-        lines.append(
-            f"  {f.severity:<8}  {_clip(f.path, width_path):<{width_path}}  "
-            f"{_clip(f.expected, width_val):<{width_val}}  {_clip(f.actual, 40)}"
-        )
-        if f.hint:
-            for i, chunk in enumerate(textwrap.wrap(f.hint, 100)):
-                lines.append(f"  {'':<8}  {'hint: ' if i == 0 else '      '}{chunk}")
+    width = min(58, max(len(f.path) for f in report.findings) + 2)  # consequences sit 2 deeper
+    for cause in causes:
+        lines.append(f"  {'error' if cause.severity == 'error' else 'warning'}: {cause.headline}")
+        for i, f in enumerate(cause.findings[:SHOWN]):
+            louder = "" if f.severity == cause.severity else f"  ({'error' if f.severity == 'error' else 'warning'})"
+            values = f"{_clip(f.expected, 24)} → {_clip(f.actual, 40)}"
+            # What follows from the root is indented under it, its values in the same column.
+            indent = 4 if i < cause.roots else 6
+            lines.append(f"{'':<{indent}}{_clip(f.path, width + 4 - indent):<{width + 4 - indent}}  {values}{louder}")
+        if len(cause.findings) > SHOWN:
+            lines.append(f"    … and {len(cause.findings) - SHOWN} more (--json lists them)")
+        if cause.fix:
+            lines.extend(wrap_hint(cause.fix, "    hint: ", "          "))
     return lines
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def wrap_hint(hint: str, first: str, rest: str, width: int = WRAP) -> list[str]:
+    """`hint` wrapped at spaces only: a `command in backticks`, a path or a package==version is never split."""
+    protected = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\0"), hint)
+    chunks = textwrap.wrap(protected, width, break_on_hyphens=False, break_long_words=False)
+    return [(first if i == 0 else rest) + chunk.replace("\0", " ") for i, chunk in enumerate(chunks)]
+
+
+def render(report: Report) -> list[str]:
+    """Any report as the lines its command prints: a fleet's, a diff's or a verify's."""
+    if isinstance(report, FleetReport):
+        return render_fleet(report)
+    return render_text(report, title="diff" if report.other else "verify")
 
 
 def render_json(report: Report) -> str:
@@ -85,7 +116,8 @@ def render_fleet(report: FleetReport, *, quiet: bool = False) -> list[str]:
         lines.append(f"  {ranks_label(report.missing)}: never answered within {report.timeout:g} s")
     if decision.homogeneity:
         level = "error" if decision.homogeneity == "error" else "warning"
-        advice = "" if level == "error" else (
+        # The advice is for a fleet that passes: a failing one has its own errors to fix first.
+        advice = "" if level == "error" or not report.ok else (
             f'; to make this an error, add "{HOMOGENEOUS_KEY}" = {{rule = "exact", severity = "error"}} '
             "to [policy.rules]")
         lines.append(f"  {level}: the fleet is not homogeneous: "

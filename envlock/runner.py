@@ -24,16 +24,36 @@ def verify_mode() -> str:
     return mode
 
 
-def apply_lock_env(lock: Path | None) -> Path:
-    """Set (or unset) in os.environ each numerics env var as the lock recorded it; return the lock's path."""
+@dataclass(frozen=True)
+class EnvChange:
+    """One env var `envlock run` changed for the job: its value before (None: unset) and after (None: unset)."""
+
+    name: str
+    before: str | None
+    after: str | None
+
+    def __str__(self) -> str:
+        if self.after is None:
+            return f"unset {self.name} (was {self.before})"
+        return f"{self.name}={self.after}" + (f" (was {self.before})" if self.before is not None else "")
+
+
+def apply_lock_env(lock: Path | None) -> tuple[Path, tuple[EnvChange, ...]]:
+    """Set (or unset) in os.environ each numerics env var as the lock recorded it; the lock's path, and the
+    variables that changed."""
     path = lock or default_lock_path()
     loaded, _ = load(path)
+    changes = []
     for name, var in loaded.floats.env.items():
+        before = os.environ.get(name)
         if var.set:
             os.environ[name] = var.value
         else:
             os.environ.pop(name, None)
-    return path
+        after = var.value if var.set else None
+        if before != after:
+            changes.append(EnvChange(name, before, after))
+    return path, tuple(changes)
 
 
 @dataclass(frozen=True)
@@ -43,16 +63,17 @@ class PreparedJob:
 
     report: Report | None
     start: bool
+    changes: tuple[EnvChange, ...] = ()
 
 
 def prepare_job(lock: Path | None, *, fast: bool = False) -> PreparedJob:
     """Apply the lock's env vars and verify as ENVLOCK_VERIFY says; whether the job may start."""
     mode = verify_mode()
-    path = apply_lock_env(lock)
+    path, changes = apply_lock_env(lock)
     if mode == "off":
-        return PreparedJob(None, True)
+        return PreparedJob(None, True, changes)
     report = verify(path, fast=fast, init_cuda=True)
-    return PreparedJob(report, report.ok or mode != "strict")
+    return PreparedJob(report, report.ok or mode != "strict", changes)
 
 
 def exec_job(command: list[str]) -> None:

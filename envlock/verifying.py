@@ -15,14 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from envlock.capturing import build_lock
-from envlock.compare import choose_target, compare_locks, modified_findings
+from envlock.compare import choose_target, compare_locks, flatten_software, flatten_target, modified_findings
 from envlock.deep import check_record
-from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError, FactsError
+from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError, FactsError, UsageError
 from envlock.facts import collect_facts
-from envlock.findings import Finding, Report, ordered
+from envlock.findings import UNSET, Finding, Report, ordered
+from envlock.launcher import TORCHRUN_OMP_DEFAULT, detect, torchrun_omp_hint
 from envlock.lockfile import default_lock_path, find_project_policy, load
-from envlock.model import Lock, ModelError, Policy
-from envlock.policy import merge_policy
+from envlock.model import (
+    BlasLibrary,
+    CudaSection,
+    GpuDevice,
+    GpuSection,
+    Lock,
+    MigInstance,
+    ModelError,
+    Package,
+    Policy,
+)
+from envlock.policy import DEFAULT_RULES, merge_policy, unmatched
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.packages import canonical_name
@@ -59,6 +70,9 @@ class Observed:
     skipped: tuple[str, ...] = ()
     numerics_errors: Mapping[str, str] = field(default_factory=dict)
     modified: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    skipped_because: str = "--fast"
+    #: The launcher that started this process ("torchrun", "slurm"; "" for none or recorded facts).
+    launcher: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,30 +106,106 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
     elif (not recorded or "numerics" not in facts) and "numerics" not in skip:
         skip.append("numerics")
     modified = modified_files(facts, lock) if options.deep and not recorded else {}
-    return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified)
+    started_by = detect() if not recorded else None
+    return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified,
+                    skipped_because="not in the recorded facts" if recorded else "--fast",
+                    launcher=started_by.name if started_by is not None else "")
 
 
 def evaluate(lock: Lock, observed: Observed, policy: Policy, *, target: str | None = None, name: str = "",
-             notes: Iterable[str] = ()) -> Report:
+             notes: Iterable[str] = (), sources: Iterable[str] = ()) -> Report:
     """The report on what was observed, judged against the lock under the policy. Pure."""
     comparison = compare_locks(lock, observed.current, policy=policy, skip=observed.skipped, target=target,
                                numerics_errors=dict(observed.numerics_errors))
-    findings = list(comparison.findings)
+    findings = [_for_launcher(f, observed.launcher) for f in comparison.findings]
     already = {f.path for f in findings}
     findings.extend(f for f in modified_findings(observed.modified, lock) if f.path not in already)
     return Report(lock=name, target=comparison.target, findings=ordered(findings), skipped=observed.skipped,
-                  notes=tuple(notes) + comparison.notes)
+                  notes=tuple(notes) + comparison.notes, sources=tuple(sources),
+                  skipped_because=observed.skipped_because)
+
+
+def _for_launcher(finding: Finding, launcher: str) -> Finding:
+    """The finding with advice that fits the launcher: torchrun's OMP_NUM_THREADS default named as the cause."""
+    if (launcher == "torchrun" and finding.path == "floats.env.OMP_NUM_THREADS" and finding.expected == UNSET
+            and finding.actual == TORCHRUN_OMP_DEFAULT):
+        return dataclasses.replace(finding, hint=torchrun_omp_hint())
+    return finding
 
 
 def examine(path: str | os.PathLike[str] | None = None, options: VerifyOptions = VerifyOptions()) -> Verification:
     """Load the lock, merge its policy with pyproject.toml's and the options', gather and evaluate."""
     lock_path = Path(path) if path is not None else default_lock_path()
     lock, warnings = load(lock_path)
-    policy = merge_policy(lock.policy, find_project_policy(lock_path.resolve().parent),
-                          ignore=options.ignore, warn=options.warn)
+    project = find_project_policy()
+    policy = merge_policy(lock.policy, project, ignore=options.ignore, warn=options.warn)
     observed = gather(lock, policy, options)
-    report = evaluate(lock, observed, policy, target=options.target, name=str(lock_path), notes=warnings)
+    check_rules(lock, observed.current, lock_path, project, options)
+    report = evaluate(lock, observed, policy, target=options.target, name=str(lock_path), notes=warnings,
+                      sources=policy_sources(lock_path, project, options))
     return Verification(report=report, observed=observed, policy=policy)
+
+
+#: Paths a report can have that no single field of a lock flattens to.
+REPORT_ONLY = ("targets", "floats.torch", "gpu.driver_for_cuda", "cuda.kernels.*", "fleet.homogeneous")
+
+
+def possible_paths(*locks: Lock) -> set[str]:
+    """Every dotted path a report on these locks can have: their fields (packages and env vars by name), the
+    GPU and BLAS fields of any device or library (`*` for its index or id), and the report's own paths."""
+    out: set[str] = set(REPORT_ONLY)
+    for lock in locks:
+        out.update(flatten_software(lock))
+        out.update(f"floats.env.{name}" for name in lock.floats.env)
+        for name in lock.packages:
+            out.add(f"packages.{name}")
+            out.update(f"packages.{name}.{f.name}" for f in dataclasses.fields(Package))
+        for target in lock.targets.values():
+            out.update(flatten_target(target))
+            if target.numerics is not None:
+                out.update(f"numerics.{key}" for key in target.numerics.kernels)
+    out.update(f"gpu.{f.name}" for f in dataclasses.fields(GpuSection) if f.name != "devices")
+    out.update(f"gpu.devices.*.{f.name}" for f in dataclasses.fields(GpuDevice) if f.name != "mig_instances")
+    out.add("gpu.devices.*.mig_instances.*")
+    out.update(f"gpu.devices.*.mig_instances.*.{f.name}" for f in dataclasses.fields(MigInstance))
+    out.add("blas.libraries.*")
+    out.update(f"blas.libraries.*.{f.name}" for f in dataclasses.fields(BlasLibrary) if f.name != "id")
+    out.update(f"cuda.{f.name}" for f in dataclasses.fields(CudaSection))
+    return out
+
+
+def check_rules(lock: Lock, current: Lock, lock_path: Path, project: tuple[str, Mapping[str, Any]] | None,
+                options: VerifyOptions) -> None:
+    """A UsageError for the first pattern the user wrote (--ignore, --warn, a [tool.envlock] or hand-written
+    [policy] rule) that matches no path the lock or this report can have: a rule that would do nothing."""
+    written: list[tuple[str, str]] = [(p, f"--ignore {p!r}") for p in options.ignore]
+    written += [(p, f"--warn {p!r}") for p in options.warn]
+    if project is not None:
+        rules = project[1].get("rules")
+        if isinstance(rules, Mapping):
+            written += [(str(k), f"{project[0]}: [tool.envlock.rules] {k!r}") for k in rules]
+    written += [(k, f"{lock_path}: [policy.rules] {k!r}") for k in lock.policy.rules if k not in DEFAULT_RULES]
+    if not written:
+        return
+    misses = dict(unmatched([p for p, _ in written], possible_paths(lock, current)))
+    for pattern, where in written:
+        if pattern in misses:
+            near = misses[pattern]
+            hint = f"; nearest: {', '.join(near)}" if near else ""
+            raise UsageError(f"{where} matches nothing this lock or this machine has{hint} "
+                             "(`envlock show` lists the sections)")
+
+
+def policy_sources(lock_path: Path, project: tuple[str, Mapping[str, Any]] | None,
+                   options: VerifyOptions) -> tuple[str, ...]:
+    """The policy sources a verify used, in the order they apply: the lock's [policy], a pyproject.toml's
+    [tool.envlock], the command line's patterns."""
+    out = [f"{lock_path} [policy]"]
+    if project is not None:
+        out.append(f"{project[0]} [tool.envlock]")
+    out.extend(f"--ignore {p}" for p in options.ignore)
+    out.extend(f"--warn {p}" for p in options.warn)
+    return tuple(out)
 
 
 def verify(
@@ -219,10 +309,10 @@ def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str]) -> Repo
     seen: set[str] = set()
     for name_a, name_b in pairs:
         b_view = dataclasses.replace(lock_b, targets={name_b: lock_b.targets[name_b]})
-        comparison = compare_locks(lock_a, b_view, target=name_a)
+        comparison = compare_locks(lock_a, b_view, target=name_a, between_locks=True)
         for finding in comparison.findings:
             if finding.path not in seen:
                 seen.add(finding.path)
                 findings.append(finding)
-    return Report(lock=f"{path_a} → {path_b}", target=", ".join(a for a, _ in pairs),
-                  findings=ordered(findings), notes=tuple(notes))
+    return Report(lock=str(path_a), other=str(path_b), target=", ".join(a for a, _ in pairs),
+                  findings=ordered(findings), notes=tuple(notes), sources=(f"{path_a} [policy]",))

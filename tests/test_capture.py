@@ -676,3 +676,61 @@ def test_console_script_capture_then_show(tmp_path: Path) -> None:
     assert "packages     " in shown.stdout
     assert "\ntarget " in shown.stdout
     assert "(matches the locked facts)" in shown.stdout
+
+
+# --- --add-target says what it did ----------------------------------------------------------------------------
+
+HOSTS = Path(__file__).resolve().parents[1] / "fixtures" / "hosts"
+H100_FACTS = HOSTS / "linux-nvidia550-cuda12.4-sapphirerapids-h100x8" / "facts.json"
+H100_TARGET = "sapphirerapids-h100-80gb-hbm3x8"
+
+
+def _h100_lock(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    from envlock.capturing import capture
+    from envlock.facts import load_facts
+
+    facts = load_facts(H100_FACTS)
+    path = tmp_path / "pool.lock"
+    first = capture(path, facts=facts)
+    assert (first.target_action, first.added_target, first.target_name) == ("", "", "")
+    return path, facts
+
+
+def test_add_target_of_a_machine_already_in_the_lock_is_unchanged(tmp_path: Path) -> None:
+    from envlock.capturing import capture
+
+    path, facts = _h100_lock(tmp_path)
+    before = path.read_bytes()
+    again = capture(path, facts=facts, add_target=True)
+    assert again.target_action == "unchanged"
+    assert again.target_name == H100_TARGET
+    assert again.added_target == ""  # nothing was added
+    assert path.read_bytes() == before  # nor written: not even the creation time moves
+    assert list(again.lock.targets) == [H100_TARGET]
+
+
+def test_add_target_of_other_hardware_under_a_taken_name_says_so(tmp_path: Path) -> None:
+    from envlock.capturing import capture
+
+    path, facts = _h100_lock(tmp_path)
+    facts["gpu"]["driver"] = "555.42.02"  # the same machine after a driver upgrade: other hardware facts
+    added = capture(path, facts=facts, add_target=True)
+    assert added.target_action == "added"
+    assert added.added_target == added.target_name == f"{H100_TARGET}-2"
+    assert added.name_taken == H100_TARGET
+    loaded, _ = load(path)
+    assert sorted(loaded.targets) == [H100_TARGET, f"{H100_TARGET}-2"]
+    # Captured once more, it is found under its numbered name.
+    again = capture(path, facts=facts, add_target=True)
+    assert (again.target_action, again.target_name, again.added_target) == ("unchanged", f"{H100_TARGET}-2", "")
+
+
+def test_add_target_of_a_new_machine_is_added(tmp_path: Path) -> None:
+    from envlock.capturing import capture
+
+    path, facts = _h100_lock(tmp_path)
+    facts["gpu"]["devices"] = facts["gpu"]["devices"][:4]  # the same software on a machine with half the GPUs
+    added = capture(path, facts=facts, add_target=True)
+    name = "sapphirerapids-h100-80gb-hbm3x4"
+    assert (added.target_action, added.added_target, added.target_name, added.name_taken) == (
+        "added", name, name, "")

@@ -139,7 +139,7 @@ def h100() -> dict[str, Any]:
     return {
         "name": b"NVIDIA H100 80GB HBM3", "cc": (9, 0), "memory": Memory(81559 * MIB + 4096),
         "mig": [1, 1], "mig_slots": 7, "migs": {0: MIG_1G, 2: MIG_3G, 3: MIG_1C},
-        "ecc": [1, 1], "persistence": 1, "uuid": H100_UUID, "serial": "1650000000001",
+        "ecc": [1, 1], "persistence": 1, "virtualization": 0, "uuid": H100_UUID, "serial": "1650000000001",
     }
 
 
@@ -148,7 +148,8 @@ def rtx4090() -> dict[str, Any]:
     return {
         "name": "NVIDIA GeForce RTX 4090", "cc": (8, 9), "memory": Memory(24564 * MIB),
         "mig": NVMLError_NotSupported, "mig_slots": NVMLError_NotSupported, "migs": {},
-        "ecc": NVMLError_NotSupported, "persistence": 0, "uuid": RTX_UUID, "serial": NVMLError_NotSupported,
+        "ecc": NVMLError_NotSupported, "persistence": 0, "virtualization": 1, "uuid": RTX_UUID,
+        "serial": NVMLError_NotSupported,
     }
 
 
@@ -232,6 +233,7 @@ def fake_pynvml(devices: list[dict[str, Any]], *, init_error: type[NVMLError] | 
         nvmlDeviceGetAttributes=device_getter("attrs"),
         nvmlDeviceGetEccMode=device_getter("ecc"),
         nvmlDeviceGetPersistenceMode=device_getter("persistence"),
+        nvmlDeviceGetVirtualizationMode=device_getter("virtualization"),
         nvmlDeviceGetUUID=device_getter("uuid"),
         nvmlDeviceGetSerial=device_getter("serial"),
     )
@@ -260,11 +262,12 @@ EXPECTED_NVML = {
                 {"gpu_instance_id": 2, "compute_instance_id": 1, "sm_count": 16, "memory_mib": 40448,
                  "profile": "1c.3g.40gb", "uuid": "MIG-2b000000-0000-4000-8000-000000000002"},
             ],
-            "ecc": "Enabled", "persistence": "Enabled", "uuid": H100_UUID, "serial": "1650000000001",
+            "ecc": "Enabled", "persistence": "Enabled", "virtualization": "none", "uuid": H100_UUID,
+            "serial": "1650000000001",
         },
         {
             "index": 1, "name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9", "memory_mib": 24564,
-            "persistence": "Disabled", "uuid": RTX_UUID,
+            "persistence": "Disabled", "virtualization": "Pass-Through", "uuid": RTX_UUID,
         },
     ],
 }

@@ -57,7 +57,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 #: on first use, the image build's machinery (tarfile, zipfile, subprocess, docker) loads for `build` only, and the
 #: fleet's transport for `verify --distributed` only.
 LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envlock.build"),
-        ("envlock.cli.commands", "envlock.fleet.run")}
+        ("envlock.cli.commands", "envlock.fleet.run"), ("envlock.findings", "envlock.report")}
 
 
 def test_envlock_modules_are_imported_at_module_top() -> None:
@@ -66,8 +66,8 @@ def test_envlock_modules_are_imported_at_module_top() -> None:
     assert hidden == []
 
 
-def test_findings_imports_nothing_else_from_envlock() -> None:
-    assert _imports(PACKAGE / "findings.py") == []
+def test_findings_imports_nothing_else_from_envlock_but_the_renderer_of_str() -> None:
+    assert _imports(PACKAGE / "findings.py") == [("envlock.report", False, False)]
 
 
 def test_errors_import_only_findings_and_only_for_types() -> None:

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from envlock.model import ModelError
+from envlock.probes.gpu import parse_gpu
 from envlock.probes.gpu_arch import compute_capability
-from envlock.probes.nvsmi import MAX_REPORT_BYTES, parse_nvidia_smi_xml
+from envlock.probes.nvsmi import MAX_REPORT_BYTES, VIRTUALIZATION_MODES, parse_nvidia_smi_xml, virtualization_word
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "gpu-samples" / "nvidia-smi"
 OWN = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia-smi"
@@ -192,7 +193,92 @@ def test_unknown_values_are_left_out() -> None:
         "</persistence_mode><gpu_virtualization_mode><virtualization_mode>None</virtualization_mode>"
         "</gpu_virtualization_mode><serial>N/A</serial>"
     ))
-    assert facts["devices"] == [{"index": 0, "name": "NVIDIA L4", "compute_capability": "8.9"}]
+    # virtualization_mode "None" is a value (bare metal), not one of the unknowns.
+    assert facts["devices"] == [{"index": 0, "name": "NVIDIA L4", "compute_capability": "8.9",
+                                 "virtualization": "none"}]
+
+
+@needs_samples
+@pytest.mark.parametrize("name", ["3090-v13.xml", "dual_2070-v13.xml", "gt-1030.xml", "gtx-1660-ti.xml",
+                                  "quadro-p2000-v12.xml", "quadro-p400.xml", "rtx-3060-v12.xml",
+                                  "rtx-3080-v13.xml"])
+def test_virtualization_none_is_bare_metal_not_unknown(name: str) -> None:
+    assert {d["virtualization"] for d in _sample(name)["devices"]} == {"none"}
+
+
+@pytest.mark.parametrize("word", ["N/A", "[N/A]", "None", "Not Supported", "[Not Supported]", "Unknown Error",
+                                  "[Unknown Error]", "[Insufficient Permissions]", "[GPU is lost]",
+                                  "[GPU requires reset]", "Not Available", " n/a "])
+def test_status_words_read_as_a_failed_nvml_call_does(word: str) -> None:
+    """Where NVML raises (not supported, no permission, lost GPU) the collector leaves the key out: so does this."""
+    facts = parse_nvidia_smi_xml(_report(
+        f"<product_name>NVIDIA L4</product_name><fb_memory_usage><total>{word}</total></fb_memory_usage>"
+        f"<mig_mode><current_mig>{word}</current_mig></mig_mode><ecc_mode><current_ecc>{word}</current_ecc>"
+        f"</ecc_mode><persistence_mode>{word}</persistence_mode><serial>{word}</serial><uuid>{word}</uuid>"
+        f"<product_architecture>{word}</product_architecture><minor_number>{word}</minor_number>"
+        f"<mig_devices><mig_device><gpu_instance_id>{word}</gpu_instance_id><device_attributes><shared>"
+        f"<multiprocessor_count>{word}</multiprocessor_count></shared></device_attributes></mig_device>"
+        "</mig_devices>",
+        f"<driver_version>{word}</driver_version><cuda_version>{word}</cuda_version>",
+    ))
+    assert facts == {"source": "nvidia-smi", "devices": [{
+        "index": 0, "name": "NVIDIA L4", "compute_capability": "8.9", "mig_devices": [{}],
+    }]}
+
+
+@pytest.mark.parametrize("word", ["N/A", "[N/A]", "Not Supported", "[Not Supported]", "[Unknown Error]"])
+def test_virtualization_status_words_are_unknown(word: str) -> None:
+    facts = parse_nvidia_smi_xml(_report(
+        "<product_name>NVIDIA L4</product_name><gpu_virtualization_mode>"
+        f"<virtualization_mode>{word}</virtualization_mode></gpu_virtualization_mode>"
+    ))
+    assert "virtualization" not in facts["devices"][0]
+
+
+@pytest.mark.parametrize(("text", "word"), [("None", "none"), ("Pass-Through", "Pass-Through"), ("VGPU", "VGPU"),
+                                            ("Host VGPU", "Host-VGPU"), ("Host VSGA", "Host-VSGA")])
+def test_virtualization_words_are_nvml_modes(text: str, word: str) -> None:
+    facts = parse_nvidia_smi_xml(_report(
+        "<product_name>NVIDIA A10G</product_name><gpu_virtualization_mode>"
+        f"<virtualization_mode>{text}</virtualization_mode></gpu_virtualization_mode>"
+    ))
+    assert facts["devices"][0]["virtualization"] == word
+    assert word in VIRTUALIZATION_MODES
+    assert virtualization_word(word) == word
+
+
+def test_disabled_is_a_value_as_nvml_reports_it() -> None:
+    facts = parse_nvidia_smi_xml(_report(
+        "<product_name>NVIDIA A100-SXM4-80GB</product_name><mig_mode><current_mig>Disabled</current_mig>"
+        "</mig_mode><ecc_mode><current_ecc>Disabled</current_ecc></ecc_mode>"
+        "<persistence_mode>Disabled</persistence_mode>"
+    ))
+    device = parse_gpu(facts).devices[0]
+    assert (device.mig, device.ecc, device.persistence) == (False, False, False)
+
+
+def test_nvidia_smi_and_nvml_captures_of_one_machine_agree() -> None:
+    """The a100 MIG report's GPU 1, and what NVML's collector gives for the same GPU (envlock.probes.nvml)."""
+    smi = parse_nvidia_smi_xml((OWN / "a100-sxm4-80gb-mig-2gpu.xml").read_text(encoding="utf-8"))
+    nvml = {"source": "nvml", "driver": "550.54.15", "cuda_driver": "12.4", "devices": [
+        {"index": 1, "name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "memory_mib": 81920,
+         "mig_mode": "Disabled", "ecc": "Enabled", "persistence": "Enabled",
+         "virtualization": VIRTUALIZATION_MODES[0],  # nvmlDeviceGetVirtualizationMode: NVML_..._MODE_NONE
+         "uuid": "GPU-a1000000-0000-4000-8000-000000000002", "serial": "1000000000002"},
+    ]}
+    smi["devices"] = smi["devices"][1:]
+    assert parse_gpu(smi).devices == parse_gpu(nvml).devices
+    assert parse_gpu(smi).devices[0].virtualization == "none"
+
+
+def test_raw_facts_spelling_none_give_the_same_lock_word() -> None:
+    raw = {"driver": "550.54.15", "devices": [{"index": 0, "name": "NVIDIA L4", "virtualization": "None"}]}
+    assert parse_gpu(raw).devices[0].virtualization == "none"
+
+
+def test_partial_report_without_driver_still_says_where_the_gpus_came_from() -> None:
+    section = parse_gpu(parse_nvidia_smi_xml(_report("<product_name>NVIDIA L4</product_name>", header="")))
+    assert (section.count, section.driver, section.source) == (1, "", "nvidia-smi")
 
 
 def test_mig_device_with_unreadable_ids() -> None:

@@ -340,11 +340,13 @@ def test_openblas_coretype_changes_the_kernel_and_is_named(console_lock: Path) -
     arch = findings["blas.libraries.numpy-openblas.architecture"]
     assert (arch["expected"], arch["actual"], arch["severity"]) == (default, other, "error")
     assert "OPENBLAS_CORETYPE" in arch["hint"]
-    assert findings["floats.env.OPENBLAS_CORETYPE"]["expected"] == "(unset)"
+    assert findings["floats.env.OPENBLAS_CORETYPE"]["expected"] is None  # unset: JSON null
     text = console("verify", console_lock, cwd=console_lock.parent, env=env)
     assert text.returncode == 1
-    assert "blas.libraries.numpy-openblas.architecture" in text.stdout
-    assert f"{default} → {other} (OPENBLAS_CORETYPE is {other} (was unset))" in " ".join(text.stdout.split())
+    assert f"  error: OPENBLAS_CORETYPE is {other}, was unset" in text.stdout.splitlines()
+    folded = [line for line in text.stdout.splitlines() if "blas.libraries.numpy-openblas.architecture" in line]
+    assert folded[0].startswith("      blas.") and folded[0].endswith(f"  {default} → {other}")  # under the cause
+    assert findings["blas.libraries.numpy-openblas.architecture"]["cause"] == "floats.env.OPENBLAS_CORETYPE"
 
 
 @pytest.mark.slow
@@ -496,9 +498,11 @@ def test_json_output_is_only_json(recorded: dict[str, Any], tmp_path: Path, veri
     assert data["ok"] is False
     assert {"python.version", "floats.env.OMP_NUM_THREADS"} <= set(by_path(data["findings"]))
     for finding in data["findings"]:
-        assert set(finding) == {"path", "expected", "actual", "severity", "hint"}
+        assert set(finding) == {"path", "expected", "actual", "severity", "hint", "cause"}
         assert finding["severity"] in ("error", "warn")
-        assert all(isinstance(v, str) for v in finding.values())
+        assert all(isinstance(finding[k], str) for k in ("path", "severity", "hint"))
+    assert by_path(data["findings"])["floats.env.OMP_NUM_THREADS"]["expected"] is None
+    assert sorted(p for c in data["causes"] for p in c["paths"]) == sorted(f["path"] for f in data["findings"])
     assert data["errors"] == sum(1 for f in data["findings"] if f["severity"] == "error")
 
     clean = verify_cmd(recorded["lock"], "--json", "--facts", recorded["facts_file"])
@@ -514,7 +518,8 @@ def test_ignore_and_warn_change_the_outcome(
 
     ignored = verify_cmd(lock, "--facts", other, "--ignore", "python.version")
     assert ignored.exit_code == 0, ignored
-    assert "python.version" not in ignored.stdout
+    assert "then --ignore python.version" in ignored.stdout  # the policy sources line
+    assert "python.version" not in ignored.stdout.replace("--ignore python.version", "")
 
     warned = verify_cmd(lock, "--facts", other, "--warn", "python.version")
     assert warned.exit_code == 0, warned
@@ -552,11 +557,12 @@ def test_ignore_with_a_wildcard_beats_the_lock_s_more_specific_rule(
     assert "platform.system" not in r.stdout, r.stdout
 
 
-def test_pyproject_tool_envlock_next_to_the_lock_changes_a_rule(
-    recorded: dict[str, Any], tmp_path: Path, verify_cmd: Callable[..., Result]
+def test_pyproject_tool_envlock_in_the_working_directory_changes_a_rule(
+    recorded: dict[str, Any], tmp_path: Path, verify_cmd: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = write_facts(other_python(recorded["facts"]), tmp_path / "other.json")
     lock = recorded["lock"]
+    monkeypatch.chdir(lock.parent)
     assert verify_cmd(lock, "--facts", other).exit_code == 1
 
     (lock.parent / "pyproject.toml").write_text(
@@ -630,7 +636,7 @@ def test_an_invalid_pattern_exits_2(recorded: dict[str, Any], verify_cmd: Callab
     assert option in line
 
 
-def test_envlock_lock_is_used_when_there_is_no_local_lock(
+def test_envlock_lock_is_used_before_a_local_lock(
     recorded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify_cmd: Callable[..., Result]
 ) -> None:
     work = tmp_path / "job"
@@ -641,13 +647,16 @@ def test_envlock_lock_is_used_when_there_is_no_local_lock(
     assert r.exit_code == 0, r
     assert str(recorded["lock"]) in r.stdout
 
-    # A ./envlock.lock wins over the env var: here the local one is of another Python.
+    # $ENVLOCK_LOCK wins over ./envlock.lock (images made by `envlock build` set it): the local one, of another
+    # Python, is used only without the variable.
     write_lock(other_python(recorded["facts"]), work / "envlock.lock")
+    assert verify_cmd("--facts", recorded["facts_file"]).exit_code == 0
+    monkeypatch.delenv("ENVLOCK_LOCK")
     local = verify_cmd("--facts", recorded["facts_file"])
     assert local.exit_code == 1, local
     assert "python.version" in local.stdout
+    assert local.stdout.startswith("envlock verify: MISMATCH: 1 error — envlock.lock")
 
-    monkeypatch.delenv("ENVLOCK_LOCK")
     (work / "envlock.lock").unlink()
     assert "envlock.lock" in _one_error_line(verify_cmd("--facts", recorded["facts_file"]))
 
@@ -673,7 +682,8 @@ def test_diff_names_what_moved(recorded: dict[str, Any], tmp_path: Path, cli: An
     assert "floats.env.OMP_NUM_THREADS" in r.stdout
     data = json.loads(cli("diff", "--json", str(recorded["lock"]), str(other)).stdout)
     assert [f["path"] for f in data["findings"]] == ["floats.env.OMP_NUM_THREADS"]
-    assert data["findings"][0]["expected"] == "(unset)" and data["findings"][0]["actual"] == "3"
+    assert data["findings"][0]["expected"] is None and data["findings"][0]["actual"] == "3"  # env values are text
+    assert (data["lock"], data["other"]) == (str(recorded["lock"]), str(other))
 
 
 def test_diff_of_a_missing_lock_exits_2(recorded: dict[str, Any], tmp_path: Path, cli: Any) -> None:

@@ -3,19 +3,32 @@
 `envlock verify` runs at the start of every job on every rank and `envlock capture` competes with torch's
 collect_env, so both are parsed with argparse and never pay for importing typer (and the click and rich it brings);
 every other command, and `--help`, goes to the typer app. Both parsers are generated from envlock.cli.options and
-call the same bodies in envlock.cli.commands.
+call the same bodies in envlock.cli.commands; whichever met a usage error, it is the same one line and exit 2.
+With `--json` (verify, diff), a failure also prints one JSON object on stdout:
+`{"ok": false, "error": {"code": 2, "kind": "usage", "message": "envlock: error: ..."}}`.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from envlock.cli.commands import BODIES, error_line
-from envlock.cli.options import FAST, parse_fast
-from envlock.errors import EnvlockError, ExitCode, exit_for
+from envlock.cli.options import FAST, parse_fast, settle, wants_json
+from envlock.errors import (
+    BuildError,
+    EnvironmentUnavailable,
+    EnvlockError,
+    EnvMismatchError,
+    ExitCode,
+    FactsError,
+    LockError,
+    UsageError,
+    exit_for,
+)
 
 if TYPE_CHECKING:
     import typer
@@ -25,18 +38,32 @@ __all__ = ["app", "console", "get_app", "invoke", "main"]
 _app: typer.Typer | None = None
 
 
+#: The `kind` of a failure in --json output, by the exception that ended the command (the first that matches).
+KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (UsageError, "usage"), (FactsError, "facts"), (LockError, "lock"), (EnvironmentUnavailable, "unavailable"),
+    (BuildError, "build"), (EnvMismatchError, "mismatch"), (EnvlockError, "input"),
+    (KeyboardInterrupt, "interrupted"), (OSError, "output"),
+)
+
+
 def invoke(name: str, values: dict[str, Any]) -> int:
     """Run the body of command `name`; its exit code, or the one line and code of what it raised."""
     try:
-        return int(BODIES[name](**values))
+        return int(BODIES[name](**settle(name, values)))
     except (EnvlockError, KeyboardInterrupt) as exc:
-        return _fail(exc)
+        return _fail(exc, as_json=bool(values.get("as_json")))
 
 
-def _fail(exc: BaseException) -> int:
-    """Say on stderr why the command ended (exit_for re-raises what it does not know); the exit code."""
+def _fail(exc: BaseException, as_json: bool = False) -> int:
+    """Say on stderr why the command ended (exit_for re-raises what it does not know), and with --json on stdout
+    too; the exit code."""
     code, message = exit_for(exc)
-    return _say(error_line(message), code)
+    line = error_line(message)
+    if as_json:
+        kind = next(kind for cls, kind in KINDS if isinstance(exc, cls))
+        error = {"ok": False, "error": {"code": int(code), "kind": kind, "message": message}}
+        print(json.dumps(error, indent=2, ensure_ascii=False), flush=True)
+    return _say(line, code)
 
 
 def get_app() -> typer.Typer:
@@ -45,7 +72,7 @@ def get_app() -> typer.Typer:
     if _app is None:
         from envlock.cli.typer_app import build_app
 
-        _app = build_app(invoke)
+        _app = build_app(invoke, lambda exc, as_json: _fail(exc, as_json))
     return _app
 
 
@@ -67,7 +94,7 @@ def _fast(name: str, rest: list[str]) -> int:
     try:
         values = parse_fast(name, rest)
     except (EnvlockError, KeyboardInterrupt) as exc:
-        return _fail(exc)
+        return _fail(exc, as_json=wants_json([name, *rest]))
     return invoke(name, values)
 
 

@@ -16,6 +16,7 @@ from envlock.capturing import capture as capture_lock
 from envlock.errors import ExitCode
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
 from envlock.findings import Report
+from envlock.launcher import detect
 from envlock.lockfile import default_lock_path, load
 from envlock.report import render_fleet, render_json, render_rank_line, render_text
 from envlock.runner import exec_job, prepare_job
@@ -46,7 +47,12 @@ def _report(report: Report, *, as_json: bool, quiet: bool, title: str) -> None:
 
 def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force: bool, add_target: bool,
             no_numerics: bool, hashes: bool) -> ExitCode:
-    """`envlock capture`: write the lock; one line says what was written."""
+    """`envlock capture`: write the lock; one line says what was written. Under a launcher (torchrun, srun) the
+    lock records what its workers see, and only rank 0 writes it."""
+    started_by = detect()
+    if started_by is not None and started_by.rank > 0:
+        say(f"envlock capture: rank {started_by.rank} of {started_by.label}: rank 0 writes the lock", err=True)
+        return ExitCode.OK
     paths = [str(p) for p in facts]
     raw = load_facts_files(paths, use_torch=not no_torch) if paths else None
     result = capture_lock(output, facts=raw, facts_name=", ".join(paths), use_torch=not no_torch, force=force,
@@ -54,8 +60,18 @@ def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force:
     lock = result.lock
     kept = "; kept the existing policy and comments" if result.kept_policy else ""
     targets = ", ".join(lock.targets)
-    what = f"added target {result.added_target} (targets: {targets})" if result.added_target else f"target {targets}"
+    if result.target_action == "unchanged":
+        say(f"{result.path}: target {result.target_name} already in the lock: unchanged, nothing written "
+            f"(targets: {targets})")
+        return ExitCode.OK
+    if result.target_action == "added":
+        taken = f"; {result.name_taken} is already in the lock with other hardware" if result.name_taken else ""
+        what = f"added target {result.target_name}{taken} (targets: {targets})"
+    else:
+        what = f"target {targets}"
     line = f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}"
+    if started_by is not None and not paths:
+        line += f"\nas the workers of {started_by.label} see it"
     if hashes:
         hashed = sum(1 for p in lock.packages.values() if p.hashes)
         line += f"\nartifact hashes from the index for {hashed} packages"
@@ -138,6 +154,8 @@ def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool) -> Ex
 def run(*, command: list[str], lock: PathArg | None, fast: bool, quiet: bool) -> ExitCode:
     """`envlock run`: apply the lock's env vars, verify, then become the job (MISMATCH when it is not started)."""
     job = prepare_job(Path(lock) if lock is not None else None, fast=fast)
+    if job.changes and not quiet:
+        say(f"envlock run: as the lock records: {', '.join(str(c) for c in job.changes)}", err=True)
     if job.report is not None and (not job.report.ok or job.report.warnings):
         for line in render_text(job.report, title="run"):
             say(line, err=True)

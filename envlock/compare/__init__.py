@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from envlock.compare.hints import hint_for
+from envlock.compare.hints import NO_TORCH, hint_for
+from envlock.compare.links import link_causes
+from envlock.compare.lockdiff import between_hint
 from envlock.compare.numerics import compare_numerics
 from envlock.errors import UsageError
 from envlock.findings import ABSENT, UNSET, Finding, ordered, text
@@ -139,6 +141,10 @@ def _skipped(path: str, skip: Iterable[str]) -> bool:
     return any(path == s or path.startswith(s + ".") for s in skip)
 
 
+#: Fields older locks leave out (NVML captures recorded no virtualization mode before 0.2): not compared then.
+NOT_RECORDED_BEFORE = frozenset({"virtualization"})
+
+
 def compare_values(
     expected: dict[str, Any], actual: dict[str, Any], policy: Policy, skip: Iterable[str] = ()
 ) -> list[tuple[str, Any, Any, Rule]]:
@@ -154,10 +160,18 @@ def compare_values(
         if device and (device not in devices_want or device not in devices_have):
             continue
         want, have = expected.get(path), actual.get(path)
+        if want in (None, "") and path.rsplit(".", 1)[-1] in NOT_RECORDED_BEFORE:
+            continue  # a lock from before envlock recorded the field: nothing to compare with
         rule = rule_for(policy, path)
         if not satisfies(rule, want, have):
             out.append((path, want, have, rule))
     return out
+
+
+def _presence_rule(level: str) -> Rule:
+    """The rule for a package on one side only, from the policy's missing_packages / extra_packages level."""
+    return Rule(rule="ignore", severity="warn") if level == "ignore" else Rule(
+        rule="exact", severity="error" if level == "error" else "warn")
 
 
 def compare_packages(expected: Lock, actual: Lock, policy: Policy) -> list[tuple[str, Any, Any, Rule]]:
@@ -168,11 +182,11 @@ def compare_packages(expected: Lock, actual: Lock, policy: Policy) -> list[tuple
         # A rule for `packages.<name>` (in [policy], pyproject or --ignore/--warn) governs its presence.
         presence = explicit_rule(policy, f"packages.{name}")
         if want is not None and have is None:
-            rule = presence or Rule(rule="exact", severity=policy.missing_packages)
+            rule = presence or _presence_rule(policy.missing_packages)
             out.append((f"packages.{name}", want.version, None, rule))
             continue
         if want is None and have is not None:
-            rule = presence or Rule(rule="exact", severity=policy.extra_packages)
+            rule = presence or _presence_rule(policy.extra_packages)
             out.append((f"packages.{name}", None, have.version, rule))
             continue
         flat_want: dict[str, Any] = {}
@@ -197,8 +211,12 @@ def compare_locks(
     skip: Iterable[str] = (),
     target: str | None = None,
     numerics_errors: dict[str, str] | None = None,
+    between_locks: bool = False,
 ) -> Comparison:
-    """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy."""
+    """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy.
+
+    `between_locks`: `actual` is another lock, not this machine (`envlock diff`): the hints speak of A and B.
+    """
     numerics_errors = numerics_errors or {}
     policy = policy or expected.policy
     skip = tuple(skip)
@@ -226,16 +244,19 @@ def compare_locks(
     versions = {f"packages.{n}.version": p.version for n, p in expected.packages.items()}
     versions_now = {f"packages.{n}.version": p.version for n, p in actual.packages.items()}
     context = {**want_soft, **want_hw, **versions}, {**have_soft, **have_hw, **versions_now}
+    explain = between_hint if between_locks else hint_for
     findings = tuple(
         Finding(path=path, expected=_describe(path, w, True), actual=_describe(path, h, False),
-                severity=rule.severity, hint=hint_for(path, w, h, rule, context))
+                severity=rule.severity, hint=explain(path, w, h, rule, context), values=(_value(w), _value(h)))
         for path, w, h, rule in raw
         if rule.rule != "ignore"
     )
     want_numerics = expected.targets[name].numerics
     have_numerics = next(iter(actual.targets.values())).numerics
     if want_numerics is not None and have_numerics is not None and "numerics" not in skip:
-        findings += tuple(compare_numerics(want_numerics, have_numerics, numerics_errors, policy, context))
+        findings += tuple(compare_numerics(want_numerics, have_numerics, numerics_errors, policy, context,
+                                           between_locks=between_locks))
+    findings = link_causes(findings, *context)
     return Comparison(findings=ordered(findings), skipped=skip, target=name, notes=tuple(notes))
 
 
@@ -253,7 +274,7 @@ def modified_findings(modified: Mapping[str, tuple[tuple[str, str], ...]], lock:
             actual=f"{len(problems)} file(s) changed",
             severity="error",
             hint=f"modified inside {name}: {shown}{more}; "
-                 f"pip install --force-reinstall --no-deps {name}=={lock.packages[name].version} restores it",
+                 f"`pip install --force-reinstall --no-deps {name}=={lock.packages[name].version}` restores it",
         ))
     return findings
 
@@ -284,7 +305,14 @@ def cross_checks(expected: Lock, actual: Lock, target: Target, policy: Policy) -
 
 
 def _torch_label(lock: Lock) -> str:
-    return f"torch {lock.floats.torch.version}" if lock.floats.torch is not None else "torch not importable"
+    return f"torch {lock.floats.torch.version}" if lock.floats.torch is not None else NO_TORCH
+
+
+def _value(value: Any) -> Any:
+    """A compared value as JSON shows it: None for unset or absent, lists for sequences."""
+    if value == UNSET:
+        return None
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _describe(path: str, value: Any, expected: bool) -> str:

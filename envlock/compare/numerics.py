@@ -66,107 +66,242 @@ def _moved(verdicts: list[KernelVerdict], predicate: Callable[[str], bool]) -> b
     return any(v.kind not in ("match",) and predicate(v.key) for v in verdicts)
 
 
-def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], spec: KernelResult,
-             want: dict[str, Any], have: dict[str, Any]) -> str:
-    """The likely cause of one kernel's verdict, from which kernels moved and which recorded knobs changed."""
+@dataclass(frozen=True)
+class Diagnosis:
+    """The likely cause of one kernel's verdict, in words, and the path of the knob it blames ("" if none)."""
+
+    hint: str
+    cause: str = ""
+
+
+def _first(knobs: list[tuple[str, str]], want: dict[str, Any], have: dict[str, Any],
+           form: str = "{label} changed ({change})") -> Diagnosis | None:
+    """The first knob that changed, blamed; the others that changed too, named after it."""
+    moved = [(path, label, change) for path, label in knobs if (change := _changed(want, have, path))]
+    if not moved:
+        return None
+    path, label, change = moved[0]
+    also = "; also changed: " + ", ".join(f"{lbl} ({c})" for _, lbl, c in moved[1:]) if moved[1:] else ""
+    return Diagnosis(form.format(label=label, change=change) + also, path)
+
+
+def _single_variant(key: str, spec: KernelResult, expected: NumericsSection) -> str:
+    """The locked single-thread variant of a threaded kernel (`<key>-t1`), or ""."""
+    if spec.threads == 1:
+        return ""
+    for other, result in sorted(expected.kernels.items()):
+        if result.threads == 1 and (result.op, result.library, result.device, result.dtype, result.shape) == (
+                spec.op, spec.library, spec.device, spec.dtype, spec.shape):
+            return other
+    return ""
+
+
+def _thread_knob(spec: KernelResult, want: dict[str, Any], have: dict[str, Any]) -> tuple[str, str]:
+    """The recorded thread count that drives this kernel (its path, and how it changed)."""
+    if spec.library == "torch":
+        paths = ["threads.torch_intraop"]
+    else:
+        paths = sorted(p for p in {*want, *have} if p.startswith(f"blas.libraries.{spec.library}-")
+                       and p.endswith(".num_threads"))
+    for path in paths:
+        if change := _changed(want, have, path):
+            return path, change
+    return (paths[0] if paths else ""), ""
+
+
+def _did_not_run(spec: KernelResult, why: str, want: dict[str, Any], have: dict[str, Any],
+                 between_locks: bool) -> Diagnosis:
+    if between_locks:
+        return Diagnosis("B has no result for this kernel: B was captured without its library or device")
+    missing = re.search(r"No module named '([\w.]+)'", why)
+    if missing:
+        module = missing.group(1).split(".")[0]
+        installed = f"packages.{module}.version" in have
+        cause = f"packages.{module}" if not installed else ("floats.torch" if module == "torch" else "")
+        return Diagnosis(f"the kernel needs {module}, which is not importable here"
+                         + ("" if installed else f" ({module} is not installed)"), cause)
+    if spec.device.startswith("cuda"):
+        cause = "gpu.count" if _changed(want, have, "gpu.count") else ""
+        return Diagnosis(f"{spec.device} is not available in this process (no GPU visible, or torch without CUDA)",
+                         cause)
+    if f"packages.{spec.library}.version" in want and f"packages.{spec.library}.version" not in have:
+        return Diagnosis(f"{spec.library} is not installed here", f"packages.{spec.library}")
+    if spec.library == "torch" and "floats.torch.version" in want and "floats.torch.version" not in have:
+        return Diagnosis("torch is not importable here", "floats.torch")
+    if why == "not run":
+        return Diagnosis("this kernel was not run here: the probe found no result for it")
+    return Diagnosis(f"the kernel failed here ({why})")
+
+
+def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], expected: NumericsSection,
+             actual: NumericsSection | None, want: dict[str, Any], have: dict[str, Any],
+             between_locks: bool = False) -> Diagnosis:
+    """The likely cause of one kernel's verdict: a locked variant that proves it first, then the recorded knobs
+    that can affect this kernel (never one that cannot, such as TF32 for a CPU sum)."""
     key, kind = verdict.key, verdict.kind
+    spec = expected.kernels[key]
     if kind == "invalid probe":
-        return "the probe's inputs differ from the lock's: another envlock probe version? re-capture with this envlock"
+        if between_locks:
+            return Diagnosis("A and B ran the probe on other inputs: captured by other envlock probe versions")
+        return Diagnosis("the probe's inputs differ from the lock's: another envlock probe version? re-capture with "
+                         "this envlock")
     if kind == "did not run":
-        if spec.device.startswith("cuda"):
-            return f"{spec.device} is not available in this process (no GPU visible, or torch without CUDA)"
-        return f"the kernel could not run here ({verdict.actual}): is {spec.library} installed?"
+        return _did_not_run(spec, verdict.actual, want, have, between_locks)
     if kind == "nondeterministic":
-        return ("this kernel gives different bits from one run to the next in this process: atomics without "
-                "torch.use_deterministic_algorithms(True), cuBLAS workspace sharing (CUBLAS_WORKSPACE_CONFIG), "
-                "or cudnn.benchmark autotuning")
+        where = "in B (not in A)" if between_locks else "in this process"
+        return Diagnosis(f"this kernel gives different bits from one run to the next {where}: atomics without "
+                         "torch.use_deterministic_algorithms(True), cuBLAS workspace sharing "
+                         "(CUBLAS_WORKSPACE_CONFIG), or cudnn.benchmark autotuning",
+                         "floats.torch.deterministic_algorithms"
+                         if _changed(want, have, "floats.torch.deterministic_algorithms") else "")
+    got = actual.kernels.get(key) if actual is not None else None
     if spec.op == "denormal":
-        knob = _changed(want, have, "floats.torch.flush_denormal")
-        if "ftz=on" in verdict.actual or "daz=on" in verdict.actual:
-            cause = ("flush-denormal is on: subnormal floats become zero (torch.set_flush_denormal(True), or a shared "
-                    "library built with -ffast-math)")
-        elif re.search(r"workers-flushed=[1-9]", verdict.actual):
-            cause = ("torch's intra-op worker threads flush subnormals although this thread does not: they kept the "
-                    "FTZ/DAZ state of when they started (set_flush_denormal changes the calling thread only)")
-        else:
-            cause = "denormal handling changed"
-        return cause + (f"; flush_denormal {knob}" if knob else "")
-    if spec.op in ("identity-mm", "conv1x1") and kind == "precision change":
+        return _denormal(verdict, want, have)
+    if kind == "precision change":
+        return _precision(verdict, spec, want, have)
+    # Order drift: the same precision, another summation order. A locked variant that gave these very bits proves
+    # which knob moved them.
+    single = _single_variant(key, spec, expected)
+    thread_path, threads = _thread_knob(spec, want, have)
+    if single and got is not None and got.output_sha256 == expected.kernels[single].output_sha256:
+        if threads:
+            return Diagnosis(f"{'BLAS ' if spec.library == 'numpy' else ''}thread count changed {threads}",
+                             thread_path)
+        return Diagnosis(f"these are the bits of the locked single-thread run ({single}): this kernel ran on one "
+                         "thread (torch.set_num_threads(1), OMP_NUM_THREADS=1, or one usable core)", thread_path)
+    if single and not _moved(verdicts, lambda k: k == single):
+        # The single-thread run still matches: the kernels are unchanged, the threading is not.
+        if threads:
+            return Diagnosis(f"{'BLAS ' if spec.library == 'numpy' else ''}thread count changed {threads}",
+                             thread_path)
+        if spec.library == "numpy":
+            return Diagnosis("BLAS thread count or threading changed", thread_path)
+        return Diagnosis("the multi-threaded result moved but not the single-threaded one: torch's thread count "
+                         "or OMP_NUM_THREADS", thread_path)
+    return _drift(spec, want, have)
+
+
+def _denormal(verdict: KernelVerdict, want: dict[str, Any], have: dict[str, Any]) -> Diagnosis:
+    knob = _changed(want, have, "floats.torch.flush_denormal")
+    if "ftz=on" in verdict.actual or "daz=on" in verdict.actual:
+        cause = ("flush-denormal is on: subnormal floats become zero (torch.set_flush_denormal(True), or a shared "
+                 "library built with -ffast-math)")
+    elif re.search(r"workers-flushed=[1-9]", verdict.actual):
+        cause = ("torch's intra-op worker threads flush subnormals although this thread does not: they kept the "
+                 "FTZ/DAZ state of when they started (set_flush_denormal changes the calling thread only)")
+    else:
+        cause = "denormal handling changed"
+    return Diagnosis(cause + (f"; flush_denormal {knob}" if knob else ""),
+                     "floats.torch.flush_denormal" if knob else "")
+
+
+TF32_KNOBS = ("floats.torch.matmul_allow_tf32", "floats.torch.float32_matmul_precision",
+              "floats.torch.matmul_fp32_precision", "floats.env.TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+              "floats.env.NVIDIA_TF32_OVERRIDE")
+
+
+#: How a knob is named in a precision diagnosis, where its last segment would not say it.
+KNOB_NAMES = {"floats.torch.cudnn_allow_tf32": "cudnn.allow_tf32",
+              "floats.torch.cudnn_conv_fp32_precision": "cudnn.conv.fp32_precision"}
+
+
+def _precision(verdict: KernelVerdict, spec: KernelResult, want: dict[str, Any], have: dict[str, Any]) -> Diagnosis:
+    def blame(paths: tuple[str, ...]) -> tuple[str, str]:
+        knobs = [(p, f"{KNOB_NAMES.get(p, p.split('.')[-1])} {c}") for p in paths if (c := _changed(want, have, p))]
+        return "; ".join(k for _, k in knobs), (knobs[0][0] if knobs else "")
+
+    if spec.op in ("identity-mm", "conv1x1"):
         bits = re.search(r"bits=(\d+)", verdict.actual)
         kept = int(bits.group(1)) if bits else -1
         # cuBLAS rounds to nearest, so TF32 (10 explicit bits) keeps 10-11 and bf16 (7) keeps 7-8.
         mode = "TF32" if 9 <= kept <= 11 else "bf16" if 6 <= kept <= 8 else "bf16x3" if 14 <= kept <= 17 else ""
         if spec.op == "conv1x1":
-            knob = _changed(want, have, "floats.torch.cudnn_allow_tf32")
-            return f"cuDNN fp32 convolutions keep {kept} mantissa bits ({mode or 'reduced precision'})" + (
-                f": cudnn.allow_tf32 {knob}" if knob else ": cudnn.allow_tf32 / cudnn.conv.fp32_precision")
+            said, cause = blame(("floats.torch.cudnn_allow_tf32", "floats.torch.cudnn_conv_fp32_precision",
+                                 "floats.env.NVIDIA_TF32_OVERRIDE"))
+            return Diagnosis(f"cuDNN fp32 convolutions keep {kept} mantissa bits ({mode or 'reduced precision'})"
+                             + (f": {said}" if said else ": cudnn.allow_tf32 / cudnn.conv.fp32_precision"), cause)
         if spec.device == "cpu":
-            return (f"CPU fp32 matmul keeps {kept} mantissa bits: oneDNN fp32 down-conversion "
-                    "(torch.backends.mkldnn.matmul.fp32_precision) or a broken BLAS")
-        knobs = [f"{p.split('.')[-1]} {c}" for p in ("floats.torch.matmul_allow_tf32",
-                 "floats.torch.float32_matmul_precision", "floats.env.TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
-                 "floats.env.NVIDIA_TF32_OVERRIDE") if (c := _changed(want, have, p))]
+            said, cause = blame(("floats.torch.mkldnn_matmul_fp32_precision", "floats.torch.float32_matmul_precision"))
+            return Diagnosis(f"CPU fp32 matmul keeps {kept} mantissa bits: oneDNN fp32 down-conversion "
+                             + (f"({said})" if said else "(torch.backends.mkldnn.matmul.fp32_precision) or a broken "
+                                "BLAS"), cause)
+        said, cause = blame(TF32_KNOBS)
         what = f"{mode} enabled for cuBLAS fp32 matmul" if mode else f"cuBLAS fp32 matmul keeps {kept} mantissa bits"
-        return what + (f" ({'; '.join(knobs)})" if knobs else "")
-    if spec.op == "int-mm" and kind == "precision change":
-        return ("the integer canary no longer sums exactly: reduced-precision reductions (allow_fp16/bf16_reduced_"
-                "precision_reduction), fp16 accumulation, or a torch upgrade that routes GEMMs elsewhere")
-    if kind == "precision change":
-        return f"the precision class changed ({verdict.expected} → {verdict.actual}): TF32/bf16 modes or another BLAS"
-    # order drift: the same precision, another summation order
+        return Diagnosis(what + (f" ({said})" if said else ""), cause)
+    if spec.op == "int-mm":
+        said, cause = blame((f"floats.torch.matmul_allow_{'bf16' if spec.dtype == 'bfloat16' else 'fp16'}"
+                             "_reduced_precision_reduction", "floats.torch.version"))
+        return Diagnosis("the integer canary no longer sums exactly: reduced-precision reductions (allow_fp16/bf16_"
+                         "reduced_precision_reduction), fp16 accumulation, or a torch upgrade that routes GEMMs "
+                         "elsewhere" + (f" ({said})" if said else ""), cause)
+    if spec.device == "cpu":
+        knobs: tuple[str, ...] = ("floats.torch.mkldnn_matmul_fp32_precision", "floats.torch.float32_matmul_precision",
+                                  "floats.torch.version") if spec.library == "torch" else ("packages.numpy.version",)
+    elif spec.dtype == "float32":
+        knobs = (*TF32_KNOBS, "floats.torch.version")
+    else:
+        knobs = (f"floats.torch.matmul_allow_{'bf16' if spec.dtype == 'bfloat16' else 'fp16'}"
+                 "_reduced_precision_reduction", "floats.torch.version")
+    said, cause = blame(knobs)
+    return Diagnosis(f"the precision class changed ({verdict.expected} → {verdict.actual})"
+                     + (f": {said}" if said else ": TF32/bf16 modes or another BLAS"), cause)
+
+
+def _drift(spec: KernelResult, want: dict[str, Any], have: dict[str, Any]) -> Diagnosis:
+    """Order drift the thread count does not explain: the knobs that can change this kernel's code path."""
     if spec.device == "cpu" and spec.library == "torch":
-        for path, cause in (("floats.env.MKL_CBWR", "MKL's conditional numerical reproducibility branch (MKL_CBWR)"),
-                           ("floats.torch.mkldnn_matmul_fp32_precision", "oneDNN's fp32 matmul precision"),
-                           ("floats.torch.float32_matmul_precision", "torch's float32 matmul precision")):
-            change = _changed(want, have, path)
-            if change:
-                return f"{cause} changed ({change})"
-        single = key.endswith("-t1")
-        sibling = key[: -len("-t1")] if single else key + "-t1"
-        sibling_moved = _moved(verdicts, lambda k: k == sibling)
-        threads = _changed(want, have, "threads.torch_intraop")
-        if not single and not sibling_moved:
-            return f"thread count changed {threads}" if threads else (
-                "the multi-threaded result moved but not the single-threaded one: torch's thread count or "
-                "OMP_NUM_THREADS")
-        capability = _changed(want, have, "blas.torch_cpu_capability")
-        version = _changed(want, have, "floats.torch.version")
-        return ("ATen's CPU kernels changed" + (f" (CPU capability {capability})" if capability else "")
-                + (f" (torch {version})" if version else "") + ": another CPU, ATEN_CPU_CAPABILITY, or torch build")
+        knobs = [("blas.torch_cpu_capability", "ATen's CPU capability"), ("cpu.microarchitecture", "the CPU"),
+                 ("floats.torch.version", "torch")]
+        if spec.op == "mm":
+            knobs = [("floats.env.MKL_CBWR", "MKL's conditional numerical reproducibility branch (MKL_CBWR)"),
+                     ("floats.torch.mkldnn_matmul_fp32_precision", "oneDNN's fp32 matmul precision"),
+                     ("floats.torch.float32_matmul_precision", "torch's float32 matmul precision"),
+                     ("blas.torch_blas", "torch's BLAS"), ("blas.torch_blas_version", "torch's BLAS version"), *knobs]
+        return _first(knobs, want, have) or Diagnosis(
+            "ATen's CPU kernels changed: another CPU, ATEN_CPU_CAPABILITY, or torch build")
     if spec.library == "numpy" and spec.op == "sum":
-        version = _changed(want, have, "packages.numpy.version")
-        return ("numpy's own pairwise summation changed" + (f" (numpy {version})" if version else "")
-                + ": another numpy build or its SIMD dispatch (NPY_DISABLE_CPU_FEATURES)")
+        found = _first([("packages.numpy.version", "numpy"), ("cpu.microarchitecture", "the CPU")], want, have,
+                       "numpy's own pairwise summation changed ({label} {change})")
+        return Diagnosis((found.hint if found else "numpy's own pairwise summation changed")
+                         + ": another numpy build or its SIMD dispatch (NPY_DISABLE_CPU_FEATURES)",
+                         found.cause if found else "")
     if spec.library == "numpy":
-        arch = next((c for p in want if p.endswith(".architecture") and p.startswith("blas.libraries.numpy")
-                     and (c := _changed(want, have, p))), "")
-        single = key.endswith("-t1")
-        sibling_moved = _moved(verdicts, lambda k: k == (key[:-3] if single else key + "-t1"))
-        if not single and not sibling_moved:
-            threads = next((c for p in want if p.endswith(".num_threads") and p.startswith("blas.libraries.numpy")
-                            and (c := _changed(want, have, p))), "")
-            return f"BLAS thread count changed {threads}" if threads else "BLAS thread count or threading changed"
-        if arch:
-            return f"BLAS kernel changed {arch}"
-        return "numpy's BLAS gives other bits: another BLAS build, version or CPU (OPENBLAS_CORETYPE, MKL_CBWR)"
-    # GPU order drift
+        libs = sorted(p.rsplit(".", 1)[0] for p in {*want, *have}
+                      if p.startswith("blas.libraries.numpy-") and p.endswith(".internal_api"))
+        arch = _first([(f"{lib}.architecture", "the BLAS kernel") for lib in libs], want, have,
+                      "BLAS kernel changed {change}")
+        return arch or _first([*((f"{lib}.version", "the BLAS version") for lib in libs),
+                               ("floats.env.MKL_CBWR", "MKL_CBWR"), ("packages.numpy.version", "numpy"),
+                               ("cpu.microarchitecture", "the CPU")], want, have) or Diagnosis(
+            "numpy's BLAS gives other bits: another BLAS build, version or CPU (OPENBLAS_CORETYPE, MKL_CBWR)")
     index = spec.device.split(":")[-1]
-    for path, cause in ((f"gpu.devices.{index}.compute_capability", "different GPU architecture"),
-                       (f"gpu.devices.{index}.sm_count", "different SM count (MIG slice?)"),
-                       ("cuda.cublas", "cuBLAS version changed"), ("cuda.cudnn", "cuDNN version changed"),
-                       ("floats.torch.version", "torch version changed"),
-                       ("floats.torch.cudnn_benchmark", "cuDNN benchmark (autotuning) changed")):
-        change = _changed(want, have, path)
-        if change:
-            return f"{cause} ({change})"
+    knobs = [(f"gpu.devices.{index}.compute_capability", "different GPU architecture"),
+             (f"gpu.devices.{index}.sm_count", "different SM count (MIG slice?)")]
+    if spec.op in ("mm", "identity-mm", "int-mm"):
+        knobs += [("cuda.cublas", "cuBLAS version changed"),
+                  ("floats.env.CUBLAS_WORKSPACE_CONFIG", "cuBLAS workspace changed")]
+        if spec.dtype != "float32":
+            name = "bf16" if spec.dtype == "bfloat16" else "fp16"
+            knobs.append((f"floats.torch.matmul_allow_{name}_reduced_precision_reduction",
+                          f"{name} reduced-precision reductions changed"))
+    if spec.op in ("conv2d", "conv1x1"):
+        knobs += [("cuda.cudnn", "cuDNN version changed"),
+                  ("floats.torch.cudnn_benchmark", "cuDNN benchmark (autotuning) changed")]
+    knobs.append(("floats.torch.version", "torch version changed"))
+    if spec.op in ("index-add", "conv2d"):
+        knobs.append(("floats.torch.deterministic_algorithms", "deterministic algorithms changed"))
+    found = _first(knobs, want, have, "{label} ({change})")
+    if found:
+        return found
     if spec.op == "conv2d":
-        return "cuDNN picked another algorithm (cudnn.benchmark autotuning, or another cuDNN)"
-    return ("same precision, another summation order with every recorded version equal: cuBLAS heuristics or "
-            "torch's BLAS routing (preferred_blas_library)")
+        return Diagnosis("cuDNN picked another algorithm (cudnn.benchmark autotuning, or another cuDNN)")
+    return Diagnosis("same precision, another summation order with every recorded version equal: cuBLAS heuristics "
+                     "or torch's BLAS routing (preferred_blas_library)")
 
 
 def compare_numerics(expected: NumericsSection, actual: NumericsSection | None, errors: dict[str, str],
-                     policy: Policy, context: tuple[dict[str, Any], dict[str, Any]]) -> list[Finding]:
+                     policy: Policy, context: tuple[dict[str, Any], dict[str, Any]], *,
+                     between_locks: bool = False) -> list[Finding]:
     """Findings for the probe: one per kernel that did not match, with the likely cause.
 
     Rules per kernel (`numerics.<id>`): exact = the same bits (default); compatible = the same precision class and
@@ -181,10 +316,10 @@ def compare_numerics(expected: NumericsSection, actual: NumericsSection | None, 
         rule = rule_for(policy, f"numerics.{verdict.key}")
         if rule.rule == "ignore" or (rule.rule in ("compatible", "min") and verdict.kind == "order drift"):
             continue
-        spec = expected.kernels[verdict.key]
         severity = "error" if verdict.kind in ("precision change", "invalid probe") else rule.severity
+        found = diagnose(verdict, verdicts, expected, actual, want, have, between_locks)
         findings.append(Finding(
             path=f"numerics.{verdict.key}", expected=verdict.expected, actual=f"{verdict.kind}: {verdict.actual}",
-            severity=severity, hint=diagnose(verdict, verdicts, spec, want, have),
+            severity=severity, hint=found.hint, cause=found.cause,
         ))
     return findings

@@ -13,6 +13,7 @@ from typing import Any
 from envlock._raw import get
 from envlock.model import GpuDevice, GpuSection, MigInstance, ModelError
 from envlock.probes import nvml as sources
+from envlock.probes.nvsmi import virtualization_word
 
 PROC_DRIVER = "/proc/driver/nvidia/version"
 NVIDIA_CTL = "/dev/nvidiactl"
@@ -157,7 +158,8 @@ def parse_gpu(raw: Any) -> GpuSection:
             mig_instances=_mig_instances(item.get("mig_devices"), f"{where}.mig_devices"),
             ecc=_switch(get(item, "ecc", str, where, None), f"{where}.ecc"),
             persistence=_switch(get(item, "persistence", str, where, None), f"{where}.persistence"),
-            virtualization=re.sub(r"[^A-Za-z0-9_.+-]", "-", get(item, "virtualization", str, where, "")),
+            virtualization=re.sub(r"[^A-Za-z0-9_.+-]", "-",
+                                  virtualization_word(get(item, "virtualization", str, where, ""))),
             uuid=uuid,
             serial=get(item, "serial", str, where, ""),
         ))
@@ -171,6 +173,6 @@ def parse_gpu(raw: Any) -> GpuSection:
     else:
         status = "no NVIDIA driver found"
     return GpuSection(
-        count=len(devices), driver=driver, cuda_driver=cuda_driver, source=source if driver else "",
+        count=len(devices), driver=driver, cuda_driver=cuda_driver, source=source if driver or devices else "",
         status=status[:200], devices=tuple(devices),
     )

@@ -2,8 +2,8 @@
 
 Each returns envlock's raw GPU facts, the shape `parse_gpu` reads:
 `{"source", "driver", "cuda_driver", "devices": [{"index", "name", "compute_capability", "sm_count",
-"memory_mib", "mig_mode", "mig_devices": [...], "ecc", "persistence", "uuid", "serial"}]}`; a collector that
-cannot run says why in `"error"` instead of raising. Nothing here is imported by `import envlock`.
+"memory_mib", "mig_mode", "mig_devices": [...], "ecc", "persistence", "virtualization", "uuid", "serial"}]}`;
+a collector that cannot run says why in `"error"` instead of raising. Nothing here is imported by `import envlock`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from envlock.model import ModelError
-from envlock.probes.nvsmi import parse_nvidia_smi_xml
+from envlock.probes.nvsmi import VIRTUALIZATION_MODES, parse_nvidia_smi_xml
 
 _ENABLED = {0: "Disabled", 1: "Enabled"}
 
@@ -97,6 +97,10 @@ def collect_nvml() -> dict[str, Any]:
             persistence = _try(pynvml.nvmlDeviceGetPersistenceMode, handle)
             if persistence is not None:
                 device["persistence"] = _ENABLED.get(int(persistence), str(persistence))
+            virtualization = getattr(pynvml, "nvmlDeviceGetVirtualizationMode", None)  # nvidia-ml-py 11 and newer
+            mode = _try(virtualization, handle) if virtualization is not None else None
+            if mode is not None and 0 <= int(mode) < len(VIRTUALIZATION_MODES):
+                device["virtualization"] = VIRTUALIZATION_MODES[int(mode)]
             for key, func in (("uuid", pynvml.nvmlDeviceGetUUID), ("serial", pynvml.nvmlDeviceGetSerial)):
                 value = _try(func, handle)
                 if value is not None:

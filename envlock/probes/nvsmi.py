@@ -15,11 +15,19 @@ MAX_REPORT_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 32
 ROOT_TAG = "nvidia_smi_log"
 
-# What nvidia-smi prints where a value does not apply or cannot be read; all mean "unknown".
+# What nvidia-smi prints where a value does not apply or cannot be read; all mean "unknown", as a failed NVML
+# call does. Any bracketed word ("[N/A]", "[GPU is lost]", "[Not Supported]") is such a status, never a value.
+# "None" is unknown here too, except where it is a value: <virtualization_mode> (see VIRTUALIZATION_MODES).
 _UNKNOWN = frozenset({
-    "", "n/a", "[n/a]", "none", "not supported", "[not supported]", "unknown", "unknown error", "[unknown error]",
-    "insufficient permissions", "[insufficient permissions]", "requested functionality has been deprecated",
+    "", "n/a", "none", "not supported", "not available", "unknown", "unknown error", "insufficient permissions",
+    "requested functionality has been deprecated",
 })
+#: The lock's words for a GPU's virtualization mode, in the order of NVML's nvmlGpuVirtualizationMode_t
+#: (0 NONE: bare metal, 1 PASSTHROUGH, 2 VGPU: a vGPU inside a VM, 3 HOST_VGPU, 4 HOST_VSGA), so the NVML
+#: collector and this parser record the same word. nvidia-smi prints them as "None", "Pass-Through", "VGPU",
+#: "Host VGPU", "Host VSGA"; its "None" means bare metal, not "unknown", so it is recorded as "none".
+VIRTUALIZATION_MODES = ("none", "Pass-Through", "VGPU", "Host-VGPU", "Host-VSGA")
+_VIRTUALIZATION = {word.lower().replace("-", ""): word for word in VIRTUALIZATION_MODES}
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/+,:#-]{0,127}")
 _VERSION = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}")
 _MIB = re.compile(r"([0-9]{1,9})\s*MiB")
@@ -104,17 +112,41 @@ def _load(text: str, source: str) -> ET.Element:
     return root
 
 
-def _text(element: ET.Element, path: str, where: str) -> str:
-    """The stripped text at `path`, "" when absent or unknown; a value unsafe to record is an error."""
+def _unknown(value: str) -> bool:
+    """Whether nvidia-smi's text (whitespace already collapsed) says the value is missing rather than giving it."""
+    return value.lower() in _UNKNOWN or (value.startswith("[") and value.endswith("]"))
+
+
+def virtualization_word(value: str) -> str:
+    """The lock's word for a virtualization mode as nvidia-smi or NVML names it ("None" -> "none"); others kept."""
+    return _VIRTUALIZATION.get(re.sub(r"[\s_-]", "", value.lower()), value)
+
+
+def _raw_text(element: ET.Element, path: str) -> str:
     found = element.find(path)
     if found is None or len(found):
         return ""
-    value = " ".join((found.text or "").split())
-    if value.lower() in _UNKNOWN:
-        return ""
+    return " ".join((found.text or "").split())
+
+
+def _safe(value: str, where: str) -> str:
     if not _SAFE_TEXT.fullmatch(value):
         raise ModelError(where, f"unexpected value {value[:40]!r}")
     return value
+
+
+def _text(element: ET.Element, path: str, where: str) -> str:
+    """The stripped text at `path`, "" when absent or unknown; a value unsafe to record is an error."""
+    value = _raw_text(element, path)
+    return "" if _unknown(value) else _safe(value, where)
+
+
+def _virtualization(gpu: ET.Element, where: str) -> str:
+    """The GPU's virtualization mode in the lock's words ("none": bare metal), "" when the report does not say."""
+    value = _raw_text(gpu, "gpu_virtualization_mode/virtualization_mode")
+    if value.lower() != "none" and _unknown(value):
+        return ""
+    return virtualization_word(_safe(value, where))
 
 
 def _version(element: ET.Element, path: str, where: str) -> str:
@@ -201,8 +233,10 @@ def _device(gpu: ET.Element, index: int, where: str) -> dict[str, Any]:
     mig = _mig_devices(gpu, where)
     if mig:
         device["mig_devices"] = mig
+    virtualization = _virtualization(gpu, f"{where}.virtualization")
+    if virtualization:
+        device["virtualization"] = virtualization
     for key, path in (
-        ("virtualization", "gpu_virtualization_mode/virtualization_mode"),
         ("uuid", "uuid"),
         ("serial", "serial"),
     ):

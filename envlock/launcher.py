@@ -1,0 +1,55 @@
+"""Which launcher started this process (torchrun, Slurm's srun), read from the environment it sets.
+
+Launchers change what a job sees: torchrun sets OMP_NUM_THREADS=1 for its workers when it is unset, and a Slurm
+task runs on the CPUs `--cpus-per-task` gives it. Capture and verify name the launcher so their advice fits it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: torchrun's default for OMP_NUM_THREADS when the variable is unset (torch.distributed.run).
+TORCHRUN_OMP_DEFAULT = "1"
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """The launcher of this process: its name ("torchrun", "slurm"), this process's global rank and the world
+    size (0 when the launcher does not say)."""
+
+    name: str
+    rank: int = 0
+    world_size: int = 0
+
+    @property
+    def label(self) -> str:
+        return {"torchrun": "torchrun", "slurm": "a Slurm task (srun)"}.get(self.name, self.name)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or "0")
+    except ValueError:
+        return 0
+
+
+def detect(environ: Mapping[str, str] | None = None) -> Launcher | None:
+    """The launcher that started this process, or None for a plain process. torchrun wins over Slurm (srun
+    torchrun … is a torchrun worker inside a Slurm task)."""
+    env = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" in env or "TORCHELASTIC_RESTART_COUNT" in env:
+        return Launcher("torchrun", _int(env.get("RANK")), _int(env.get("WORLD_SIZE")))
+    if "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
+        return Launcher("slurm", _int(env.get("SLURM_PROCID")), _int(env.get("SLURM_NTASKS")))
+    return None
+
+
+def torchrun_omp_hint() -> str:
+    """The advice for OMP_NUM_THREADS=1 under torchrun when the lock has it unset."""
+    return (f"torchrun sets OMP_NUM_THREADS={TORCHRUN_OMP_DEFAULT} for its workers when it is unset (its default) "
+            "of a job with more than one process per node, and the lock was captured outside it. Either capture as "
+            "the workers run, with the job's process count: `torchrun --standalone --nproc-per-node N -m envlock "
+            "capture`, or set the thread count yourself in both places: `export OMP_NUM_THREADS=N` before "
+            "`envlock capture` and before torchrun")
