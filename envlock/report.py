@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from typing import Any
 
 from envlock.findings import ABSENT, UNSET, Report
 from envlock.findings import clip as _clip
@@ -60,6 +61,29 @@ def render_text(report: Report, *, title: str = "verify", quiet: bool = False) -
         if cause.fix:
             lines.extend(wrap_hint(cause.fix, "    hint: ", "          "))
     return lines
+
+
+def render_rich(lines: list[str], *, ok: bool, warnings: bool) -> list[Any]:
+    """render_text's lines styled for a terminal (rich Text: the verdict and each cause's severity in colour, the
+    paths in cyan, hints dim); the same words and layout. rich is imported only here: a clean job-start verify
+    prints one plain line and never loads it."""
+    from rich.text import Text
+
+    out = []
+    for i, line in enumerate(lines):
+        text = Text(line)
+        if i == 0:
+            text.stylize("bold green" if ok and not warnings else "bold yellow" if ok else "bold red")
+        elif line.startswith(("  error: ", "  warning: ")):
+            colour = "red" if line.startswith("  error") else "yellow"
+            text.stylize(f"bold {colour}", 2, line.index(":") + 1)
+        elif line.startswith("    hint: "):
+            text.stylize("dim", 4, 9)
+        elif line.startswith("    ") and " → " in line:
+            start = len(line) - len(line.lstrip())
+            text.stylize("cyan", start, line.index(" ", start))
+        out.append(text)
+    return out
 
 
 def _count(n: int, word: str) -> str:

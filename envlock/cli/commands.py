@@ -7,6 +7,7 @@ envlock.cli.options. A body raises what the core raises; envlock.cli maps it to 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_fil
 from envlock.findings import Report
 from envlock.launcher import detect
 from envlock.lockfile import default_lock_path, load
-from envlock.report import render_fleet, render_json, render_rank_line, render_text
+from envlock.report import render_fleet, render_json, render_rank_line, render_rich, render_text
 from envlock.runner import exec_job, prepare_job
 from envlock.show import render_summary
 from envlock.verifying import VerifyOptions, examine
@@ -40,9 +41,23 @@ def say(line: str, *, err: bool = False) -> None:
 def _report(report: Report, *, as_json: bool, quiet: bool, title: str) -> None:
     if as_json:
         say(render_json(report))
-    else:
-        for line in render_text(report, title=title, quiet=quiet):
-            say(line)
+        return
+    lines = render_text(report, title=title, quiet=quiet)
+    if report.findings and _terminal():
+        from rich.console import Console  # for a person at a terminal only: a clean verify never loads rich
+
+        console = Console(highlight=False, soft_wrap=True)
+        for text in render_rich(lines, ok=report.ok, warnings=bool(report.warnings)):
+            console.print(text)
+        return
+    for line in lines:
+        say(line)
+
+
+def _terminal() -> bool:
+    """Whether stdout is a terminal that wants styles (NO_COLOR and TERM=dumb say no)."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty()) and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
 def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force: bool, add_target: bool,
