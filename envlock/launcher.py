@@ -25,7 +25,12 @@ class Launcher:
 
     @property
     def label(self) -> str:
-        return {"torchrun": "torchrun", "slurm": "a Slurm task (srun)"}.get(self.name, self.name)
+        return {"torchrun": "torchrun", "slurm": "a Slurm job step (srun)"}.get(self.name, self.name)
+
+    @property
+    def workers(self) -> str:
+        """Who runs the job under this launcher, for "as … see it"."""
+        return {"torchrun": "torchrun's workers", "slurm": "the Slurm tasks"}.get(self.name, self.name)
 
 
 def _int(value: str | None) -> int:

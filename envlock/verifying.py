@@ -130,7 +130,15 @@ def _for_launcher(finding: Finding, launcher: str) -> Finding:
     if (launcher == "torchrun" and finding.path == "floats.env.OMP_NUM_THREADS" and finding.expected == UNSET
             and finding.actual == TORCHRUN_OMP_DEFAULT):
         return dataclasses.replace(finding, hint=torchrun_omp_hint())
+    if launcher == "slurm" and not finding.cause and finding.path in SLURM_CPU_PATHS:
+        return dataclasses.replace(finding, hint=f"{finding.hint}; {SLURM_CPUS}" if finding.hint else SLURM_CPUS)
     return finding
+
+
+#: What a Slurm task's CPU set decides, and why it may differ from the capture's.
+SLURM_CPU_PATHS = frozenset({"cpu.usable_cores", "threads.torch_intraop", "threads.torch_interop"})
+SLURM_CPUS = ("this is a Slurm task: it runs on the CPUs srun gives it (`--cpus-per-task`), so capture under srun "
+              "with the job's `--cpus-per-task`, or pin the thread counts with `export OMP_NUM_THREADS=N`")
 
 
 def examine(path: str | os.PathLike[str] | None = None, options: VerifyOptions = VerifyOptions()) -> Verification:

@@ -294,6 +294,18 @@ def test_under_torchrun_the_omp_hint_names_torchruns_default_and_both_fixes(
     assert "`export OMP_NUM_THREADS=N`" in cause.fix
 
 
+def test_in_a_slurm_task_a_changed_core_count_names_cpus_per_task(devbox: dict[str, Any]) -> None:
+    lock = build_lock(devbox, created=CREATED)
+    fewer = copy.deepcopy(devbox)
+    fewer["cpu"]["usable_cores"] = 1
+    now = build_lock(fewer, policy=lock.policy, created=CREATED)
+    report = evaluate(lock, Observed(current=now, skipped=("numerics",), launcher="slurm"), lock.policy)
+    (finding,) = [f for f in report.findings if f.path == "cpu.usable_cores"]
+    assert "this is a Slurm task" in finding.hint and "`--cpus-per-task`" in finding.hint
+    plain = evaluate(lock, Observed(current=now, skipped=("numerics",)), lock.policy)
+    assert "Slurm" not in next(f.hint for f in plain.findings if f.path == "cpu.usable_cores")
+
+
 def test_capture_under_torchrun_writes_on_rank_0_only(tmp_path: Path) -> None:
     env = clean_env(TORCHELASTIC_RUN_ID="job", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
     done = subprocess.run([str(ENVLOCK), "capture", "--no-numerics", "--no-torch", "-o", "x.lock"], cwd=tmp_path,

@@ -86,7 +86,7 @@ def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force:
         what = f"target {targets}"
     line = f"wrote {result.path}: {len(lock.packages)} packages, {what}, {lock.lock.content_hash[:19]}{kept}"
     if started_by is not None and not paths:
-        line += f"\nas the workers of {started_by.label} see it"
+        line += f"\nas {started_by.workers} see it"
     if hashes:
         hashed = sum(1 for p in lock.packages.values() if p.hashes)
         line += f"\nartifact hashes from the index for {hashed} packages"
