@@ -421,3 +421,19 @@ def test_a_clean_fast_verify_at_a_terminal_does_not_import_rich(console_lock: Pa
     imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert "typer" not in imported and "envlock.verifying" in imported
     assert not {name for name in imported if name.split(".")[0] == "rich"}
+
+
+def test_the_fleet_line_of_a_rank_shows_the_cause_before_what_follows_from_it() -> None:
+    from envlock.fleet.decide import failing_text
+    from envlock.fleet.wire import RankSummary, causes_first
+
+    report = Report(lock="envlock.lock", target="t", findings=(
+        finding("blas.libraries.torch-openmp.num_threads", "2", "1", cause="floats.env.OMP_NUM_THREADS"),
+        finding("floats.env.OMP_NUM_THREADS", "(unset)", "1"),
+        finding("threads.torch_intraop", "2", "1", cause="floats.env.OMP_NUM_THREADS"),
+    ))
+    ordered = causes_first(report)
+    assert [f.path for f in ordered][0] == "floats.env.OMP_NUM_THREADS"
+    summary = RankSummary(rank=0, host="a", code=1, errors=3, digest="d", sections="x" * 66, target="t",
+                          failing=tuple((f.path, f.expected, f.actual) for f in ordered))
+    assert failing_text(summary, limit=1) == "floats.env.OMP_NUM_THREADS (unset) → 1 (+2 more)"

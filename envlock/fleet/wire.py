@@ -14,7 +14,7 @@ from typing import Any
 
 from envlock.compare import _flatten, flatten_software, flatten_target
 from envlock.errors import EnvlockError, ExitCode, UsageError
-from envlock.findings import UNSET, clip
+from envlock.findings import UNSET, Finding, Report, clip
 from envlock.findings import text as _text
 from envlock.model import Lock, Policy, to_dict
 from envlock.policy import rule_for
@@ -117,8 +117,15 @@ def summarize(rank: int, host: str, verification: Verification | None = None,
         rank=rank, host=_clip(host, 64), code=int(ExitCode.OK if report.ok else ExitCode.MISMATCH),
         errors=len(report.errors), warnings=len(report.warnings),
         digest=_sha(values)[:16] if values else "", sections=sections, target=_clip(report.target), keys=keys,
-        failing=tuple((_clip(f.path, 80), _clip(f.expected), _clip(f.actual)) for f in report.errors),
+        failing=tuple((_clip(f.path, 80), _clip(f.expected), _clip(f.actual)) for f in causes_first(report)),
     )
+
+
+def causes_first(report: Report) -> list[Finding]:
+    """The error findings with the root of each cause first (the fleet's line shows the first few)."""
+    roots = [f for c in report.causes for f in c.findings[:c.roots] if f.severity == "error"]
+    seen = {f.path for f in roots}
+    return roots + [f for f in report.errors if f.path not in seen]
 
 
 def _pack(summary: RankSummary) -> dict[str, Any]:
