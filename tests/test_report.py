@@ -433,7 +433,7 @@ def test_the_fleet_line_of_a_rank_shows_the_cause_before_what_follows_from_it() 
         finding("threads.torch_intraop", "2", "1", cause="floats.env.OMP_NUM_THREADS"),
     ))
     ordered = causes_first(report)
-    assert [f.path for f in ordered][0] == "floats.env.OMP_NUM_THREADS"
+    assert ordered[0].path == "floats.env.OMP_NUM_THREADS"
     summary = RankSummary(rank=0, host="a", code=1, errors=3, digest="d", sections="x" * 66, target="t",
                           failing=tuple((f.path, f.expected, f.actual) for f in ordered))
     assert failing_text(summary, limit=1) == "floats.env.OMP_NUM_THREADS (unset) → 1 (+2 more)"
