@@ -437,3 +437,20 @@ def test_the_fleet_line_of_a_rank_shows_the_cause_before_what_follows_from_it() 
     summary = RankSummary(rank=0, host="a", code=1, errors=3, digest="d", sections="x" * 66, target="t",
                           failing=tuple((f.path, f.expected, f.actual) for f in ordered))
     assert failing_text(summary, limit=1) == "floats.env.OMP_NUM_THREADS (unset) → 1 (+2 more)"
+
+
+def test_extra_and_missing_packages_can_be_ignored_from_pyproject(devbox: dict[str, Any], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = write_lock(devbox, tmp_path / "envlock.lock")
+    more = copy.deepcopy(devbox)
+    extra = copy.deepcopy(more["packages"][0])
+    extra["name"] = "late-plugin"
+    more["packages"].append(extra)
+    facts = write_facts(more, tmp_path / "now.json")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["verify", str(lock), "--facts", str(facts)], capsys)
+    assert code == 0 and "late-plugin" in out  # an extra package warns by default
+    (tmp_path / "pyproject.toml").write_text('[tool.envlock]\nextra_packages = "ignore"\n')
+    code, out, _ = run(["verify", str(lock), "--facts", str(facts)], capsys)
+    assert code == 0 and "late-plugin" not in out and out.startswith("envlock verify: OK —")
