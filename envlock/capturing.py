@@ -43,7 +43,7 @@ PLACEHOLDER_HASH = "sha256:" + "0" * 64
 def created_now() -> str:
     """The creation time: $SOURCE_DATE_EPOCH when set (reproducible builds), else now, in UTC."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    seconds = int(epoch) if epoch.isdigit() else int(time.time())
+    seconds = int(epoch) if epoch.isascii() and epoch.isdigit() else int(time.time())
     try:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     except (OverflowError, OSError, ValueError):

@@ -56,7 +56,7 @@ def typed(value: str) -> Any:
         return None
     if value in ("true", "false"):
         return value == "true"
-    if value.isdigit() and (value == "0" or not value.startswith("0")):
+    if value.isascii() and value.isdigit() and len(value) < 19 and (value == "0" or not value.startswith("0")):
         return int(value)
     return value
 

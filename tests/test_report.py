@@ -454,3 +454,13 @@ def test_extra_and_missing_packages_can_be_ignored_from_pyproject(devbox: dict[s
     (tmp_path / "pyproject.toml").write_text('[tool.envlock]\nextra_packages = "ignore"\n')
     code, out, _ = run(["verify", str(lock), "--facts", str(facts)], capsys)
     assert code == 0 and "late-plugin" not in out and out.startswith("envlock verify: OK —")
+
+
+@pytest.mark.parametrize("digits", ["1.٣", "1.²", "1." + "9" * 40])
+def test_versions_with_non_ascii_or_huge_digits_compare_without_crashing(digits: str) -> None:
+    from envlock.compare import satisfies
+    from envlock.model import Rule
+
+    for rule in ("min", "compatible"):
+        assert satisfies(Rule(rule=rule), digits, digits) is True  # type: ignore[arg-type]
+        assert isinstance(satisfies(Rule(rule=rule), "1.2", digits), bool)  # type: ignore[arg-type]

@@ -103,7 +103,12 @@ def _version_key(text: str) -> Any:
     try:
         return (0, Version(text))
     except InvalidVersion:
-        return (1, tuple(int(p) if p.isdigit() else p for p in re.split(r"[.+-]", text)))
+        # ASCII digits only (str.isdigit() passes "²" and "٣", which int() refuses or misreads), and few of them;
+        # mixed parts compare as text, so (int, str) never meet in one position.
+        return (1, tuple((0, int(p), "") if _DIGITS.fullmatch(p) else (1, 0, p) for p in re.split(r"[.+-]", text)))
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _major_minor(value: Any) -> list[str]:

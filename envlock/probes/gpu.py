@@ -95,7 +95,7 @@ def _visible(devices: list[dict[str, Any]], spec: str | None) -> list[dict[str, 
             break
         if entry.startswith("MIG-"):
             return devices  # MIG instance selection: the parent GPUs stay what NVML reports
-        if entry.lstrip("-").isdigit():
+        if entry.lstrip("-").isascii() and entry.lstrip("-").isdigit() and len(entry) < 10:
             index = int(entry)
             match = [d for d in devices if d.get("index") == index]
         else:
