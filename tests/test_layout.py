@@ -57,7 +57,10 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 #: on first use, the image build's machinery (tarfile, zipfile, subprocess, docker) loads for `build` only, and the
 #: fleet's transport for `verify --distributed` only.
 LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envlock.build"),
-        ("envlock.cli.commands", "envlock.fleet.run"), ("envlock.findings", "envlock.report")}
+        ("envlock.cli.commands", "envlock.fleet.run"), ("envlock.findings", "envlock.report"),
+        # The pytest plugin is loaded into every pytest session of anyone who installed envlock: off unless asked.
+        *(("envlock.pytest_plugin", m) for m in ("envlock.verifying", "envlock.errors", "envlock.report",
+                                                  "envlock.lockfile"))}
 
 
 def test_envlock_modules_are_imported_at_module_top() -> None:
