@@ -104,6 +104,68 @@ def render(report: Report) -> list[str]:
     return render_text(report, title="diff" if report.other else "verify")
 
 
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_github(report: Report, *, title: str = "verify") -> list[str]:
+    """GitHub Actions workflow commands: one `::error` / `::warning` annotation per cause (on the lock file),
+    then the verdict line as plain text."""
+    lines = []
+    for cause in report.causes:
+        level = "error" if cause.severity == "error" else "warning"
+        paths = ", ".join(cause.paths[:SHOWN]) + (f" and {len(cause.paths) - SHOWN} more"
+                                                   if len(cause.paths) > SHOWN else "")
+        message = f"{paths}" + (f" — {cause.fix}" if cause.fix else "")
+        where = f"file={_escape_property(report.lock)},title={_escape_property('envlock: ' + cause.headline)}"
+        lines.append(f"::{level} {where}::{_escape_data(message)}")
+    return lines + render_text(report, title=title)[:1]
+
+
+#: The test cases of a JUnit report: one per section of the lock, in this order.
+JUNIT_SECTIONS = ("targets", "python", "packages", "floats", "platform", "cpu", "blas", "threads", "gpu", "cuda",
+                  "numerics")
+
+
+def render_junit(report: Report, *, title: str = "verify") -> str:
+    """JUnit XML: one test suite, one test case per section (failed: an error finding in it; skipped: not checked;
+    warnings in the case's system-out), so CI dashboards show what a job was checked against."""
+    from xml.etree import ElementTree as ET  # only for --format junit
+
+    by_section: dict[str, list[Any]] = {}
+    for f in report.findings:
+        by_section.setdefault(f.path.split(".")[0], []).append(f)
+    sections = [s for s in JUNIT_SECTIONS if s != "targets" or s in by_section]
+    sections += sorted(set(by_section) - set(sections))
+    suite = ET.Element("testsuite", name=f"envlock {title}", tests=str(len(sections)))
+    failures = skipped = 0
+    for section in sections:
+        case = ET.SubElement(suite, "testcase", classname=f"envlock.{title}", name=section)
+        found = by_section.get(section, [])
+        errors = [f for f in found if f.severity == "error"]
+        if any(section == s or s.startswith(section + ".") for s in report.skipped) and not found:
+            ET.SubElement(case, "skipped", message=f"not checked ({report.skipped_because})")
+            skipped += 1
+        elif errors:
+            failures += 1
+            failure = ET.SubElement(case, "failure", message=f"{len(errors)} mismatch(es) in {section}")
+            failure.text = "\n".join(f"{f.path}: {f.expected} → {f.actual}" + (f"\n  hint: {f.hint}" if f.hint else "")
+                                     for f in errors)
+        warned = [f for f in found if f.severity != "error"]
+        if warned:
+            ET.SubElement(case, "system-out").text = "\n".join(
+                f"warning: {f.path}: {f.expected} → {f.actual}" for f in warned)
+    suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
+    suite.set("errors", "0")
+    ET.SubElement(suite, "system-out").text = "\n".join(render_text(report, title=title))
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
 def render_json(report: Report) -> str:
     """The report as one JSON document."""
     return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)

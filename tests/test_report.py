@@ -464,3 +464,58 @@ def test_versions_with_non_ascii_or_huge_digits_compare_without_crashing(digits:
     for rule in ("min", "compatible"):
         assert satisfies(Rule(rule=rule), digits, digits) is True  # type: ignore[arg-type]
         assert isinstance(satisfies(Rule(rule=rule), "1.2", digits), bool)  # type: ignore[arg-type]
+
+
+# --- CI formats ---------------------------------------------------------------------------------------------------
+
+
+def test_github_format_is_one_annotation_per_cause(devbox: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    lock = write_lock(devbox, tmp_path / "envlock.lock")
+    now = with_env(devbox, OMP_NUM_THREADS="1")
+    now["cpu"]["cpuinfo"]["model name"] = "Another, CPU: x"
+    facts = write_facts(now, tmp_path / "now.json")
+    code, out, _ = run(["verify", str(lock), "--facts", str(facts), "--format", "github"], capsys)
+    assert code == 1
+    lines = out.splitlines()
+    annotations = [line for line in lines if line.startswith("::")]
+    assert len(annotations) == len(envlock.verifying.verify(lock, facts=now).causes)
+    assert annotations[0].startswith(f"::error file={lock},title=envlock%3A OMP_NUM_THREADS is 1%2C was unset::")
+    assert any(a.startswith("::warning ") and "Another%2C CPU%3A x" in a for a in annotations)
+    assert lines[-1].startswith("envlock verify: MISMATCH")
+
+
+def test_junit_format_has_a_test_case_per_section(devbox: dict[str, Any], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from xml.etree import ElementTree as ET
+
+    lock = write_lock(devbox, tmp_path / "envlock.lock")
+    facts = write_facts(with_env(devbox, OMP_NUM_THREADS="1"), tmp_path / "now.json")
+    out_file = tmp_path / "ci" / "envlock.xml"
+    out_file.parent.mkdir()
+    code, out, err = run(["verify", str(lock), "--facts", str(facts), "--format", "junit", "-o", str(out_file)],
+                         capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("envlock verify: MISMATCH")
+    suite = ET.parse(out_file).getroot()
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert {"python", "packages", "floats", "platform", "cpu", "blas", "threads", "gpu", "numerics"} <= set(cases)
+    failure = cases["floats"].find("failure")
+    assert failure is not None and "floats.env.OMP_NUM_THREADS: (unset) → 1" in (failure.text or "")
+    assert cases["python"].find("failure") is None
+    assert suite.get("failures") == str(sum(1 for c in cases.values() if c.find("failure") is not None))
+    assert list(tmp_path.glob("ci/.*")) == []  # written whole: no temporary left
+
+
+def test_format_json_is_json_and_bad_formats_are_refused(devbox: dict[str, Any], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    lock = write_lock(devbox, tmp_path / "envlock.lock")
+    facts = write_facts(devbox, tmp_path / "now.json")
+    _, as_format, _ = run(["verify", str(lock), "--facts", str(facts), "--format", "json"], capsys)
+    _, as_flag, _ = run(["verify", str(lock), "--facts", str(facts), "--json"], capsys)
+    assert json.loads(as_format) == json.loads(as_flag)
+    code, _, err = run(["verify", str(lock), "--format", "yaml"], capsys)
+    assert code == 2 and err.strip() == ("envlock: error: --format 'yaml': expected one of text, json, github, "
+                                         "junit (see envlock verify --help)")
+    code, _, err = run(["verify", str(lock), "--distributed", "--format", "junit"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1

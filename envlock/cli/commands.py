@@ -14,12 +14,20 @@ from pathlib import Path
 
 from envlock.atomic import write_atomic
 from envlock.capturing import capture as capture_lock
-from envlock.errors import ExitCode
+from envlock.errors import ExitCode, UsageError
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
 from envlock.findings import Report
 from envlock.launcher import detect
 from envlock.lockfile import default_lock_path, load
-from envlock.report import render_fleet, render_json, render_rank_line, render_rich, render_text
+from envlock.report import (
+    render_fleet,
+    render_github,
+    render_json,
+    render_junit,
+    render_rank_line,
+    render_rich,
+    render_text,
+)
 from envlock.runner import exec_job, prepare_job
 from envlock.show import render_summary
 from envlock.verifying import VerifyOptions, examine
@@ -38,8 +46,26 @@ def say(line: str, *, err: bool = False) -> None:
     print(line, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _report(report: Report, *, as_json: bool, quiet: bool, title: str) -> None:
+def _report(report: Report, *, as_json: bool, quiet: bool, title: str, format: str = "text",
+            output: PathArg | None = None) -> None:
+    """The report on stdout (or into `output`, whole or not at all) in the format asked for."""
     if as_json:
+        format = "json"
+    if output is not None or format not in ("text", "json"):
+        if format == "json":
+            text = render_json(report) + "\n"
+        elif format == "junit":
+            text = render_junit(report, title=title)
+        else:
+            lines = render_github(report, title=title) if format == "github" else render_text(report, title=title)
+            text = "\n".join(lines) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            write_atomic(output, text)
+            say(render_text(report, title=title)[0], err=True)
+        return
+    if format == "json":
         say(render_json(report))
         return
     lines = render_text(report, title=title, quiet=quiet)
@@ -123,16 +149,19 @@ def show(*, lock: PathArg | None) -> ExitCode:
 
 def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts: Sequence[PathArg],
            ignore: Sequence[str], warn: Sequence[str], target: str | None, quiet: bool, strict: bool,
-           distributed: bool, timeout: float | None) -> int:
+           distributed: bool, timeout: float | None, format: str = "text", output: PathArg | None = None) -> int:
     """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed, the fleet's code)."""
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
                             facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
                             init_cuda=True)
     if distributed:
-        return _verify_fleet(lock, options, timeout=timeout, as_json=as_json, quiet=quiet)
+        if format not in ("text", "json") or output is not None:
+            raise UsageError("--distributed prints rank 0's report as text or JSON on stdout: drop --format "
+                             f"{format}{' and -o' if output is not None else ''} (see envlock verify --help)")
+        return _verify_fleet(lock, options, timeout=timeout, as_json=as_json or format == "json", quiet=quiet)
     report = examine(lock, options).report
-    _report(report, as_json=as_json, quiet=quiet, title="verify")
+    _report(report, as_json=as_json, quiet=quiet, title="verify", format=format, output=output)
     return _code(report, strict=strict)
 
 
@@ -159,10 +188,11 @@ def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: floa
     return int(report.exit_code)
 
 
-def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool) -> ExitCode:
+def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool, format: str = "text",
+         output: PathArg | None = None) -> ExitCode:
     """`envlock diff`: the report; MISMATCH when the locks differ in an error-severity field."""
     report = diff_locks(lock_a, lock_b)
-    _report(report, as_json=as_json, quiet=False, title="diff")
+    _report(report, as_json=as_json, quiet=False, title="diff", format=format, output=output)
     return _code(report, strict=strict)
 
 

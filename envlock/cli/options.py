@@ -22,6 +22,10 @@ Kind = Literal["flag", "one", "repeatable", "positional", "variadic"]
 REQUIRED: Any = ...
 LOCK_HELP = "The lock to read (default $ENVLOCK_LOCK when set, else ./envlock.lock)."
 HELP_FLAGS = ("-h", "--help")
+#: The report formats of verify and diff.
+FORMATS = ("text", "json", "github", "junit")
+FORMAT_HELP = ("How to print the report: text, json (the same as --json), github (workflow annotations, one per "
+               "cause) or junit (JUnit XML, one test case per section).")
 ROOT_FLAGS = ("--version", *HELP_FLAGS)
 
 
@@ -42,6 +46,7 @@ class Param:
     metavar: str | None = None
     requires: str = ""
     excludes: tuple[tuple[str, str], ...] = ()
+    choices: tuple[str, ...] = ()
 
     @property
     def shown(self) -> str:
@@ -83,9 +88,10 @@ def flag(name: str, *flags: str, help: str, requires: str = "", excludes: dict[s
 
 
 def option(name: str, *flags: str, help: str, metavar: str, type: type = str, default: Any = None,
-           requires: str = "") -> Param:
-    """An option that takes one value."""
-    return Param(name, "one", help, flags, type, default, metavar, requires)
+           requires: str = "", excludes: dict[str, str] | None = None, choices: tuple[str, ...] = ()) -> Param:
+    """An option that takes one value (one of `choices`, when given)."""
+    return Param(name, "one", help, flags, type, default, metavar, requires, tuple((excludes or {}).items()),
+                 choices)
 
 
 def repeatable(name: str, *flags: str, help: str, metavar: str, type: type = str) -> Param:
@@ -170,6 +176,10 @@ VERIFY = Command("verify", "Check this machine and process against the lock.", (
     repeatable("warn", "--warn", metavar="PATTERN",
                help="Only warn for the fields matching this dotted path. Give it again for more."),
     option("target", "--target", metavar="NAME", help="Compare with this target of the lock."),
+    option("format", "--format", metavar="FORMAT", default="text", help=FORMAT_HELP, choices=FORMATS,
+           excludes={"as_json": "--json is --format json"}),
+    option("output", "-o", "--output", type=Path, metavar="FILE",
+           help="Write the report to FILE instead of stdout (written whole, or not at all)."),
     flag("quiet", "-q", "--quiet", help="Print nothing when everything matches.",
          excludes={"as_json": "--json prints the report and nothing else"}),
     flag("strict", "--strict", help="Treat warnings as errors: exit 1 when there is any finding.",
@@ -191,6 +201,10 @@ DIFF = Command("diff", "Compare two locks under the first one's policy.", (
     positional("lock_a", type=Path, default=REQUIRED, metavar="LOCK_A", help="The lock taken as expected."),
     positional("lock_b", type=Path, default=REQUIRED, metavar="LOCK_B", help="The lock compared with it."),
     flag("as_json", "--json", help="Print the report as JSON and nothing else on stdout."),
+    option("format", "--format", metavar="FORMAT", default="text", help=FORMAT_HELP, choices=FORMATS,
+           excludes={"as_json": "--json is --format json"}),
+    option("output", "-o", "--output", type=Path, metavar="FILE",
+           help="Write the report to FILE instead of stdout (written whole, or not at all)."),
     flag("strict", "--strict", help="Treat warnings as errors: exit 1 when the locks differ at all."),
 ), examples=(
     ("envlock diff old.lock envlock.lock", "what changed since the old lock"),
@@ -396,6 +410,9 @@ def settle(name: str, values: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 raise bad_value(command, param, value) from None
     for param in command.params:
+        if param.choices and settled.get(param.name) not in (*param.choices, None):
+            raise UsageError(f"{param.shown} {settled[param.name]!r}: expected one of {', '.join(param.choices)} "
+                             f"{see(command)}")
         if not _given(param, settled.get(param.name)):
             continue
         if param.requires and not _given(other := command.param(param.requires), settled.get(param.requires)):
@@ -416,4 +433,7 @@ def wants_json(argv: list[str]) -> bool:
     """Whether an `envlock ...` line asks for machine output (--json of a command that has it, before any `--`)."""
     words = argv[: argv.index("--")] if "--" in argv else argv
     command = next((BY_NAME.get(w) for w in words if not w.startswith("-")), None)
-    return command is not None and "--json" in words and any(p.name == "as_json" for p in command.params)
+    if command is None or not any(p.name == "as_json" for p in command.params):
+        return False
+    pairs = zip(words, [*words[1:], ""], strict=True)
+    return "--json" in words or "--format=json" in words or any(a == "--format" and b == "json" for a, b in pairs)
