@@ -166,6 +166,33 @@ def render_junit(report: Report, *, title: str = "verify") -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report, *, title: str = "verify") -> str:
+    """The report as Markdown for a pull-request comment: the verdict, then one table grouped by cause."""
+    lines = [f"**{_cell(render_text(report, title=title)[0])}**", ""]
+    if len(report.sources) > 1:
+        lines += [f"Policy: {_cell(', then '.join(report.sources))}", ""]
+    lines += [f"> note: {_cell(note)}" for note in report.notes]
+    if report.skipped:
+        lines += [f"Not checked ({report.skipped_because}): {', '.join(report.skipped)}", ""]
+    if not report.causes:
+        return "\n".join(lines).rstrip() + "\n"
+    a, b = ("A", "B") if report.other else ("lock", "now")
+    lines += [f"| cause | severity | path | {a} | {b} |", "|---|---|---|---|---|"]
+    for cause in report.causes:
+        for i, f in enumerate(cause.findings):
+            head = f"**{_cell(cause.headline)}**" if i == 0 else ("↳" if i >= cause.roots else "")
+            path = f"`{_cell(f.path)}`"
+            lines.append(f"| {head} | {f.severity} | {path} | {_cell(f.expected)} | {_cell(f.actual)} |")
+    fixes = [(c.headline, c.fix) for c in report.causes if c.fix]
+    if fixes:
+        lines += ["", "**Fixes**", ""] + [f"- {_cell(h)}: {_cell(fix)}" for h, fix in fixes]
+    return "\n".join(lines) + "\n"
+
+
 def render_json(report: Report) -> str:
     """The report as one JSON document."""
     return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)

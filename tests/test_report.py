@@ -516,6 +516,18 @@ def test_format_json_is_json_and_bad_formats_are_refused(devbox: dict[str, Any],
     assert json.loads(as_format) == json.loads(as_flag)
     code, _, err = run(["verify", str(lock), "--format", "yaml"], capsys)
     assert code == 2 and err.strip() == ("envlock: error: --format 'yaml': expected one of text, json, github, "
-                                         "junit (see envlock verify --help)")
+                                         "junit, markdown (see envlock verify --help)")
     code, _, err = run(["verify", str(lock), "--distributed", "--format", "junit"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_markdown_diff_is_a_table_grouped_by_cause(devbox: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_lock(devbox, tmp_path / "a" / "envlock.lock")
+    b = write_lock(with_env(devbox, OMP_NUM_THREADS="4", MKL_NUM_THREADS="a|b"), tmp_path / "b" / "envlock.lock")
+    code, out, _ = run(["diff", str(a), str(b), "--format", "markdown"], capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("**envlock diff: MISMATCH") and "| cause | severity | path | A | B |" in lines
+    assert "| **OMP_NUM_THREADS is 4 in B, unset in A** | error | `floats.env.OMP_NUM_THREADS` | (unset) | 4 |" in lines
+    assert any("a\\|b" in line for line in lines)  # a pipe in a value does not break the table

@@ -24,6 +24,7 @@ from envlock.report import (
     render_github,
     render_json,
     render_junit,
+    render_markdown,
     render_rank_line,
     render_rich,
     render_text,
@@ -56,6 +57,8 @@ def _report(report: Report, *, as_json: bool, quiet: bool, title: str, format: s
             text = render_json(report) + "\n"
         elif format == "junit":
             text = render_junit(report, title=title)
+        elif format == "markdown":
+            text = render_markdown(report, title=title)
         else:
             lines = render_github(report, title=title) if format == "github" else render_text(report, title=title)
             text = "\n".join(lines) + "\n"

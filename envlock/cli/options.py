@@ -23,9 +23,10 @@ REQUIRED: Any = ...
 LOCK_HELP = "The lock to read (default $ENVLOCK_LOCK when set, else ./envlock.lock)."
 HELP_FLAGS = ("-h", "--help")
 #: The report formats of verify and diff.
-FORMATS = ("text", "json", "github", "junit")
+FORMATS = ("text", "json", "github", "junit", "markdown")
 FORMAT_HELP = ("How to print the report: text, json (the same as --json), github (workflow annotations, one per "
-               "cause) or junit (JUnit XML, one test case per section).")
+               "cause), junit (JUnit XML, one test case per section) or markdown (a table by cause, for a pull "
+               "request).")
 ROOT_FLAGS = ("--version", *HELP_FLAGS)
 
 
