@@ -230,6 +230,9 @@ def headline(finding: Finding, *, between_locks: bool = False) -> str:
                 f"{name} is in B ({new}) but not in A")
         return f"{name} {old} is in the lock but not installed" if new == "not installed" else (
             f"{name} {new} is installed but not in the lock")
+    if parts[0] == "packages" and len(parts) == 3 and parts[2] == "files":
+        return (f"the installed files of {parts[1]} differ between A and B" if between_locks
+                else f"the installed files of {parts[1]} differ from the locked build")
     if parts[0] == "packages" and len(parts) == 3 and parts[2] == "version":
         return f"{parts[1]} is {new} in B, {old} in A" if between_locks else f"{parts[1]} is {new}, locked {old}"
     subject = parts[2] if finding.path.startswith("floats.env.") and len(parts) == 3 else finding.path

@@ -99,6 +99,11 @@ def test_missing_packages_make_one_cause_with_one_install_command() -> None:
     assert "`pip install numpy==2.1.0 six==1.16.0 sympy==1.13.1`" in cause.fix
 
 
+def test_a_changed_build_reads_as_words_not_hashes() -> None:
+    (cause,) = group([finding("packages.numpy.files", "sha256:" + "a" * 64, "sha256:" + "b" * 64)])
+    assert cause.headline == "the installed files of numpy differ from the locked build"
+
+
 def test_between_two_locks_the_headline_speaks_of_a_and_b() -> None:
     (cause,) = group([finding("floats.env.OMP_NUM_THREADS", "4", "(unset)")], between_locks=True)
     assert cause.headline == "OMP_NUM_THREADS is unset in B, 4 in A"
