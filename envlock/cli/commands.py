@@ -29,6 +29,7 @@ from envlock.report import (
     render_rich,
     render_text,
 )
+from envlock.report_html import render_html
 from envlock.runner import exec_job, prepare_job
 from envlock.show import render_summary
 from envlock.verifying import VerifyOptions, examine
@@ -48,7 +49,7 @@ def say(line: str, *, err: bool = False) -> None:
 
 
 def _report(report: Report, *, as_json: bool, quiet: bool, title: str, format: str = "text",
-            output: PathArg | None = None) -> None:
+            output: PathArg | None = None, sides: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
     """The report on stdout (or into `output`, whole or not at all) in the format asked for."""
     if as_json:
         format = "json"
@@ -59,6 +60,8 @@ def _report(report: Report, *, as_json: bool, quiet: bool, title: str, format: s
             text = render_junit(report, title=title)
         elif format == "markdown":
             text = render_markdown(report, title=title)
+        elif format == "html":
+            text = render_html(report, title=title, sides=sides)
         else:
             lines = render_github(report, title=title) if format == "github" else render_text(report, title=title)
             text = "\n".join(lines) + "\n"
@@ -195,7 +198,8 @@ def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool, forma
          output: PathArg | None = None) -> ExitCode:
     """`envlock diff`: the report; MISMATCH when the locks differ in an error-severity field."""
     report = diff_locks(lock_a, lock_b)
-    _report(report, as_json=as_json, quiet=False, title="diff", format=format, output=output)
+    sides = [(str(p), render_summary(load(p)[0], str(p))) for p in (lock_a, lock_b)] if format == "html" else []
+    _report(report, as_json=as_json, quiet=False, title="diff", format=format, output=output, sides=sides)
     return _code(report, strict=strict)
 
 

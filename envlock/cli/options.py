@@ -23,10 +23,10 @@ REQUIRED: Any = ...
 LOCK_HELP = "The lock to read (default $ENVLOCK_LOCK when set, else ./envlock.lock)."
 HELP_FLAGS = ("-h", "--help")
 #: The report formats of verify and diff.
-FORMATS = ("text", "json", "github", "junit", "markdown")
+FORMATS = ("text", "json", "github", "junit", "markdown", "html")
 FORMAT_HELP = ("How to print the report: text, json (the same as --json), github (workflow annotations, one per "
-               "cause), junit (JUnit XML, one test case per section) or markdown (a table by cause, for a pull "
-               "request).")
+               "cause), junit (JUnit XML, one test case per section), markdown (a table by cause, for a pull "
+               "request) or html (one self-contained page).")
 ROOT_FLAGS = ("--version", *HELP_FLAGS)
 
 
