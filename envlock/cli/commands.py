@@ -15,6 +15,7 @@ from pathlib import Path
 from envlock.atomic import write_atomic
 from envlock.capturing import capture as capture_lock
 from envlock.errors import ExitCode, UsageError
+from envlock.export import export_requirements
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
 from envlock.findings import Report
 from envlock.launcher import detect
@@ -203,6 +204,22 @@ def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool, forma
     return _code(report, strict=strict)
 
 
+def export(*, lock: PathArg | None, format: str, output: PathArg | None) -> ExitCode:
+    """`envlock export`: the lock's packages for an installer, on stdout or into a file; warnings on stderr."""
+    path = lock or default_lock_path()
+    loaded, _ = load(path)
+    result = export_requirements(loaded, str(path))
+    for warning in result.warnings:
+        say(f"envlock: warning: {warning}", err=True)
+    if output is None:
+        sys.stdout.write(result.text)
+    else:
+        write_atomic(output, result.text)
+        say(f"wrote {output}: {sum(1 for line in result.text.splitlines() if line and line[0].isalnum())} packages",
+            err=True)
+    return ExitCode.OK
+
+
 def run(*, command: list[str], lock: PathArg | None, fast: bool, quiet: bool) -> ExitCode:
     """`envlock run`: apply the lock's env vars, verify, then become the job (MISMATCH when it is not started)."""
     job = prepare_job(Path(lock) if lock is not None else None, fast=fast)
@@ -244,5 +261,6 @@ def build(*, lock: PathArg | None, tag: str | None, base: str | None, context: P
 
 #: The body of each command declared in envlock.cli.options, by name.
 BODIES: dict[str, Callable[..., int]] = {
-    "capture": capture, "facts": facts, "show": show, "verify": verify, "diff": diff, "run": run, "build": build,
+    "capture": capture, "facts": facts, "show": show, "verify": verify, "diff": diff, "export": export, "run": run,
+    "build": build,
 }

@@ -215,6 +215,18 @@ DIFF = Command("diff", "Compare two locks under the first one's policy.", (
     1: "they differ in a field of error severity (with --strict, at all)",
 }))
 
+EXPORT = Command("export", "Write the lock's packages for an installer (a pip requirements file with hashes).", (
+    positional("lock", type=Path, metavar="LOCK", help=LOCK_HELP),
+    option("format", "--format", metavar="FORMAT", default="requirements", choices=("requirements",),
+           help="What to write: requirements (name==version lines with every artifact hash the lock holds and "
+           "the markers of its Python)."),
+    option("output", "-o", "--output", type=Path, metavar="FILE",
+           help="Write to FILE instead of stdout (written whole, or not at all)."),
+), examples=(
+    ("envlock export -o requirements.txt", "the locked packages for pip"),
+    ("pip install --require-hashes --no-deps -r requirements.txt", "install exactly the locked set"),
+), exit_codes=exits(0, 2, 130, meaning={0: "written (warnings on stderr name what was left out)"}))
+
 RUN = Command("run", "Apply the lock's env vars, verify, then become the job.\n\n"
               "The job takes over envlock's process: its PID, signals and exit code are the job's. On a mismatch "
               "the job is not started, unless ENVLOCK_VERIFY=warn (report, then start) or off (no check).", (
@@ -253,7 +265,7 @@ BUILD = Command("build", "Build an image with exactly the locked packages, then 
 }))
 
 #: In the order `envlock --help` lists them.
-COMMANDS: tuple[Command, ...] = (CAPTURE, FACTS, SHOW, VERIFY, DIFF, RUN, BUILD)
+COMMANDS: tuple[Command, ...] = (CAPTURE, FACTS, SHOW, VERIFY, DIFF, EXPORT, RUN, BUILD)
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
 
 #: `envlock --help`: what the whole tool does, two examples, every exit code.
