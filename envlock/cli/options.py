@@ -215,7 +215,7 @@ DIFF = Command("diff", "Compare two locks under the first one's policy.", (
     1: "they differ in a field of error severity (with --strict, at all)",
 }))
 
-EXPORT = Command("export", "Write the lock's packages for an installer (a pip requirements file with hashes).", (
+EXPORT = Command("export", "Write the lock's packages for pip, with their hashes.", (
     positional("lock", type=Path, metavar="LOCK", help=LOCK_HELP),
     option("format", "--format", metavar="FORMAT", default="requirements", choices=("requirements",),
            help="What to write: requirements (name==version lines with every artifact hash the lock holds and "
@@ -224,7 +224,7 @@ EXPORT = Command("export", "Write the lock's packages for an installer (a pip re
            help="Write to FILE instead of stdout (written whole, or not at all)."),
 ), examples=(
     ("envlock export -o requirements.txt", "the locked packages for pip"),
-    ("pip install --require-hashes --no-deps -r requirements.txt", "install exactly the locked set"),
+    ("envlock export ci.lock > requirements.txt", "the same for another lock, on stdout"),
 ), exit_codes=exits(0, 2, 130, meaning={0: "written (warnings on stderr name what was left out)"}))
 
 RUN = Command("run", "Apply the lock's env vars, verify, then become the job.\n\n"
