@@ -416,7 +416,30 @@ def test_malformed_value_names_its_place(text: str, where: str) -> None:
         ("Graphics Device", "Ampere", ""),
         ("Graphics Device", "Blackwell", ""),
         ("Graphics Device", "", ""),
-        ("GRID M60-8Q", "Maxwell", ""),
+        ("GRID M60-8Q", "Maxwell", "5.2"),
+        # Maxwell and Kepler (NVIDIA's legacy CUDA GPU list).
+        ("Tesla K80", "Kepler", "3.7"),
+        ("Tesla K40m", "", "3.5"),
+        ("Tesla K20Xm", "", "3.5"),
+        ("Tesla K10.G1.8GB", "", "3.0"),
+        ("GRID K2", "Kepler", "3.0"),
+        ("GeForce GTX 680", "", "3.0"),
+        ("GeForce GTX 780 Ti", "", "3.5"),
+        ("GeForce GTX TITAN Black", "", "3.5"),
+        ("Quadro K6000", "", "3.5"),
+        ("Quadro K2200", "Maxwell", "5.0"),
+        ("GeForce GTX 750 Ti", "", "5.0"),
+        ("Tesla M10", "", "5.0"),
+        ("Tesla M60", "Maxwell", "5.2"),
+        ("Tesla M40 24GB", "", "5.2"),
+        ("GeForce GTX 980 Ti", "", "5.2"),
+        ("GeForce GTX TITAN X", "", "5.2"),
+        ("NVIDIA TITAN X (Pascal)", "Pascal", "6.1"),
+        ("Quadro M6000 24GB", "", "5.2"),
+        ("NVIDIA Jetson Nano", "", "5.3"),
+        ("Jetson TX2", "", "6.2"),
+        ("Tesla K80", "Maxwell", ""),
+        ("Graphics Device", "Kepler", ""),
         ("", "", ""),
         # A name the architecture contradicts is not trusted.
         ("NVIDIA GeForce RTX 3090", "Turing", ""),
@@ -424,3 +447,31 @@ def test_malformed_value_names_its_place(text: str, where: str) -> None:
 )
 def test_compute_capability(name: str, architecture: str, expected: str) -> None:
     assert compute_capability(name, architecture) == expected
+
+
+def test_kepler_report_from_driver_470() -> None:
+    facts = _own("tesla-k80-driver-470-2gpu.xml")
+    assert (facts["driver"], facts["cuda_driver"]) == ("470.223.02", "11.4")
+    first, second = facts["devices"]
+    assert (first["name"], first["compute_capability"], first["memory_mib"]) == ("Tesla K80", "3.7", 11441)
+    assert "mig_mode" not in first and first["virtualization"] == "none"
+    # The second board reports no MIG, no virtualization section and ECC as [Not Supported]: unknown, left out.
+    assert second["index"] == 1 and not {"mig_mode", "virtualization", "ecc"} & set(second)
+    section = parse_gpu(facts)
+    assert [d.compute_capability for d in section.devices] == ["3.7", "3.7"]
+
+
+def test_report_without_cuda_version_and_not_found_fields() -> None:
+    facts = _own("gtx-970-no-cuda-version.xml")
+    assert facts["driver"] == "418.56" and "cuda_driver" not in facts
+    (device,) = facts["devices"]
+    assert (device["compute_capability"], device["memory_mib"]) == ("5.2", 4041)
+    assert "serial" not in device  # "Not Found" is unknown, never a refusal of the report
+    assert parse_gpu(facts).driver == "418.56"
+
+
+@pytest.mark.parametrize("word", ["Not Found", "N/A", "[Not Supported]", "[N/A]"])
+def test_old_driver_status_words_are_unknown(word: str) -> None:
+    facts = parse_nvidia_smi_xml(_report(f"<serial>{word}</serial><fb_memory_usage><total>{word}</total>"
+                                         f"</fb_memory_usage>", f"<cuda_version>{word}</cuda_version>"))
+    assert "cuda_driver" not in facts and not {"serial", "memory_mib"} & set(facts["devices"][0])

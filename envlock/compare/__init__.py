@@ -20,6 +20,7 @@ from envlock.errors import UsageError
 from envlock.findings import ABSENT, UNSET, Finding, ordered, text
 from envlock.model import Lock, Policy, Rule, Target, to_dict
 from envlock.policy import explicit_rule, rule_for
+from envlock.probes.coretype import coretype_verdict
 from envlock.probes.cuda import kernels_for
 
 #: Sections a caller may leave out of the comparison (`--fast` leaves out those that need torch or numpy).
@@ -289,7 +290,8 @@ MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 
 
 def cross_checks(expected: Lock, actual: Lock, target: Target, policy: Policy) -> list[tuple[str, Any, Any, Rule]]:
-    """Findings no single field shows: a driver too old for the locked CUDA, a GPU torch has no kernels for."""
+    """Findings no single field shows: a driver too old for the locked CUDA, a GPU torch has no kernels for, an
+    OPENBLAS_CORETYPE this CPU cannot execute."""
     out: list[tuple[str, Any, Any, Rule]] = []
     have = next(iter(actual.targets.values())).gpu
     cuda = expected.cuda
@@ -299,6 +301,11 @@ def cross_checks(expected: Lock, actual: Lock, target: Target, policy: Policy) -
         if needed and _version_key(have.driver) < _version_key(needed):
             out.append(("gpu.driver_for_cuda", f">= {needed} (CUDA {major})", have.driver,
                         rule_for(policy, "gpu.driver_for_cuda")))
+    coretype = actual.floats.env.get("OPENBLAS_CORETYPE")
+    here = next(iter(actual.targets.values())).cpu
+    if coretype is not None and coretype.set and coretype_verdict(coretype.value, frozenset(here.flags)):
+        out.append(("blas.coretype", "a core type this CPU runs", f"OPENBLAS_CORETYPE={coretype.value}",
+                    rule_for(policy, "blas.coretype")))
     arch = actual.cuda.arch_list if actual.cuda is not None else ()
     if arch:
         for device in have.devices:

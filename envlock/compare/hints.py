@@ -11,6 +11,7 @@ from typing import Any
 from envlock.compare.links import CUDA_WHEELS, THREAD_VARS, TORCH_THREAD_VARS, changed, is_set, thread_var, wheel
 from envlock.findings import UNSET, text
 from envlock.model import Rule
+from envlock.probes.coretype import coretype_verdict
 
 # floats.torch.<flag> -> what it is, and the line of code that sets it back (`{value}` is the locked value).
 TORCH_SETTERS = {
@@ -100,6 +101,14 @@ def cores_cause(want: dict[str, Any], have: dict[str, Any]) -> str:
     return f"another core count ({show(want.get('cpu.usable_cores'))} → {show(have.get('cpu.usable_cores'))} usable)"
 
 
+def _coretype_hint(actual: str, have: dict[str, Any]) -> str:
+    """Why the requested OpenBLAS core type cannot run here, and which ones can."""
+    flags = have.get("cpu.flags")
+    name = actual.removeprefix("OPENBLAS_CORETYPE=")
+    return coretype_verdict(name, frozenset(flags if isinstance(flags, (list, tuple)) else ())) or (
+        f"OPENBLAS_CORETYPE={name} names kernels this CPU cannot execute: unset it")
+
+
 def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: Context) -> str:
     """The likely cause of one mismatch between the lock and this machine, and how to fix it."""
     want, have = context
@@ -118,6 +127,8 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: Context
         return _torch_flag_hint(parts[2], expected, actual, want, have)
     if parts[0] == "threads":
         return _threads_hint(parts[1], expected, actual, want, have)
+    if path == "blas.coretype":
+        return _coretype_hint(str(actual), have)
     if parts[0] == "blas":
         return _blas_hint(parts, expected, actual, want, have)
     if parts[0] == "python":

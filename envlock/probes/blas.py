@@ -9,13 +9,20 @@ from typing import Any
 
 from envlock._raw import get
 from envlock.model import BlasLibrary, BlasSection, ModelError
+from envlock.probes.coretype import blocked_coretype
 
 #: Modules whose import loads the numeric libraries worth locking.
 NUMERIC_MODULES = ("numpy", "torch")
 
 
 def load_numeric_modules(modules: tuple[str, ...] = NUMERIC_MODULES) -> list[str]:
-    """Import those of `modules` that are installed, so their BLAS is loaded; return the ones imported."""
+    """Import those of `modules` that are installed, so their BLAS is loaded; return the ones imported.
+
+    None is imported when OPENBLAS_CORETYPE names a kernel this CPU cannot run: the import would die with SIGILL
+    (comparison reports it as `blas.coretype`).
+    """
+    if blocked_coretype():
+        return [name for name in modules if name in sys.modules]
     loaded = []
     for name in modules:
         if name in sys.modules or importlib.util.find_spec(name) is not None:

@@ -23,6 +23,11 @@ NUMERIC_FLAGS = frozenset({
 })
 
 
+#: Flags a test may make this CPU report (space-separated), to run the OPENBLAS_CORETYPE refusal (probes/coretype)
+#: in a subprocess without the SIGILL it prevents. Tests only.
+TEST_FLAGS_VAR = "_ENVLOCK_TEST_CPU_FLAGS"
+
+
 def _first_cpuinfo_block(text: str) -> dict[str, str]:
     data: dict[str, str] = {}
     for line in text.splitlines():
@@ -57,6 +62,8 @@ def collect_cpu() -> dict[str, Any]:
             cpuinfo = _first_cpuinfo_block(handle.read(65536))
     except OSError:
         cpuinfo = {}
+    if os.environ.get(TEST_FLAGS_VAR) is not None:
+        cpuinfo["flags"] = os.environ[TEST_FLAGS_VAR]
     return {
         "machine": platform.machine(),
         "cpuinfo": cpuinfo,

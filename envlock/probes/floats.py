@@ -10,6 +10,7 @@ from typing import Any
 
 from envlock._raw import get
 from envlock.model import EnvVar, Floats, ModelError, ThreadsSection, TorchFloats
+from envlock.probes.coretype import blocked_coretype
 
 #: Environment variables that change numerical results or the kernels chosen.
 NUMERIC_ENV_VARS = (
@@ -62,7 +63,7 @@ def collect_env() -> dict[str, str]:
 def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
     """Raw torch settings of this process, or None when torch is not importable (or not loaded, if not importing)."""
     torch = sys.modules.get("torch")
-    if torch is None and import_torch:
+    if torch is None and import_torch and not blocked_coretype():
         try:
             import torch
         except ImportError:

@@ -6,8 +6,11 @@ import re
 
 # Product-name patterns, most specific first: one product family can share digits with another
 # ("RTX 6000 Ada" vs "Quadro RTX 6000" vs "RTX A6000" vs "RTX PRO 6000 Blackwell").
-# Values from NVIDIA's CUDA GPU list (https://developer.nvidia.com/cuda-gpus). A name that matches
-# nothing gives "" — a lock records an unknown capability rather than a guess.
+# Values from NVIDIA's CUDA GPU list (https://developer.nvidia.com/cuda-gpus) and its legacy list
+# (https://developer.nvidia.com/cuda-legacy-gpus): e.g. Tesla K80 3.7, Tesla K40/K20 and GTX 780/TITAN 3.5,
+# Tesla K10 and GTX 680 3.0, Tesla M60/M40 and GTX 980 5.2, GTX 750 Ti and Quadro K2200 5.0 (Maxwell, despite
+# the K), Jetson Nano/TX1 5.3, Jetson TX2 6.2, Xavier 7.2, Orin 8.7. A name that matches nothing (or a board
+# sold in two generations, such as the GT 730) gives "" — a lock records an unknown capability rather than a guess.
 _NAME_TABLE: tuple[tuple[str, str], ...] = (
     # Blackwell
     (r"\bRTX PRO \d{4}\b.*\bBlackwell\b", "12.0"),
@@ -46,6 +49,29 @@ _NAME_TABLE: tuple[tuple[str, str], ...] = (
     (r"\bTITAN X \(Pascal\)", "6.1"),
     (r"\bQuadro P\d{3,4}\b", "6.1"),
     (r"\bP(?:4|6|40)\b", "6.1"),
+    (r"\bTX2\b", "6.2"),
+    # Maxwell (before Kepler: "Quadro K2200" is Maxwell, "GTX TITAN X" is Maxwell, "TITAN X (Pascal)" is not)
+    (r"\bJetson Nano\b|\bTX1\b", "5.3"),
+    (r"\bTesla M(?:4|6|40|60)\b", "5.2"),
+    (r"\bGRID M(?:6|60)\b", "5.2"),
+    (r"\bM(?:6|60)-\d", "5.2"),
+    (r"\bGTX 9[5-8]0\b", "5.2"),
+    (r"\bGTX TITAN X\b", "5.2"),
+    (r"\bQuadro M[2-6]000\b", "5.2"),
+    (r"\bTesla M10\b|\bGRID M10\b", "5.0"),
+    (r"\bGTX 750\b", "5.0"),
+    (r"\bQuadro K(?:620|1200|2200)\b", "5.0"),
+    # Kepler
+    (r"\bK80\b", "3.7"),
+    (r"\bK(?:20|40)(?:Xm|X|m|c|s)?\b", "3.5"),
+    (r"\bGTX 780\b", "3.5"),
+    (r"\bGTX TITAN(?: Black| Z)?\b", "3.5"),
+    (r"\bQuadro K(?:5200|6000)\b", "3.5"),
+    (r"\bK10\b", "3.0"),
+    (r"\bGRID K[12]\b", "3.0"),
+    (r"\bGTX 6[5-9]0\b", "3.0"),
+    (r"\bGTX 7[67]0\b", "3.0"),
+    (r"\bQuadro K(?:420|600|2000|4000|4200|5000)\b", "3.0"),
 )
 _COMPILED = tuple((re.compile(pattern, re.IGNORECASE), cc) for pattern, cc in _NAME_TABLE)
 
@@ -56,6 +82,8 @@ _ARCH_ONLY = {"volta": "7.0", "turing": "7.5", "ada lovelace": "8.9", "hopper": 
 
 # The capabilities each architecture name can have, to refuse a name match the report contradicts.
 _ARCH_FAMILY = {
+    "kepler": ("3.0", "3.2", "3.5", "3.7"),
+    "maxwell": ("5.0", "5.2", "5.3"),
     "pascal": ("6.0", "6.1", "6.2"),
     "volta": ("7.0", "7.2"),
     "turing": ("7.5",),

@@ -19,7 +19,8 @@ ROOT_TAG = "nvidia_smi_log"
 # call does. Any bracketed word ("[N/A]", "[GPU is lost]", "[Not Supported]") is such a status, never a value.
 # "None" is unknown here too, except where it is a value: <virtualization_mode> (see VIRTUALIZATION_MODES).
 _UNKNOWN = frozenset({
-    "", "n/a", "none", "not supported", "not available", "unknown", "unknown error", "insufficient permissions",
+    "", "n/a", "none", "not supported", "not available", "not found", "unknown", "unknown error",
+    "insufficient permissions",
     "requested functionality has been deprecated",
 })
 #: The lock's words for a GPU's virtualization mode, in the order of NVML's nvmlGpuVirtualizationMode_t

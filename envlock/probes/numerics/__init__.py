@@ -9,17 +9,34 @@ results is comparing (`envlock.compare.numerics`).
 from __future__ import annotations
 
 from envlock.probes.numerics.inputs import GENERATOR
-from envlock.probes.numerics.kernels import MAX_WORK, KernelSpec, run_kernel, shape_work
+from envlock.probes.numerics.kernels import (
+    MAX_KERNEL_BYTES,
+    MAX_KERNEL_WORK,
+    MAX_PROBE_BYTES,
+    MAX_PROBE_WORK,
+    MAX_WORK,
+    Cost,
+    KernelSpec,
+    kernel_cost,
+    run_kernel,
+    shape_work,
+)
 from envlock.probes.numerics.kernelset import PROBE_VERSION, collect_numerics, default_kernels, specs_from_lock
 from envlock.probes.numerics.parse import parse_numerics
 
 __all__ = [
     "GENERATOR",
+    "MAX_KERNEL_BYTES",
+    "MAX_KERNEL_WORK",
+    "MAX_PROBE_BYTES",
+    "MAX_PROBE_WORK",
     "MAX_WORK",
     "PROBE_VERSION",
+    "Cost",
     "KernelSpec",
     "collect_numerics",
     "default_kernels",
+    "kernel_cost",
     "parse_numerics",
     "run_kernel",
     "shape_work",

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from envlock.probes.coretype import blocked_coretype
 from envlock.probes.numerics.inputs import (
     SUM_BLOCK,
     SUM_TILES,
@@ -80,8 +81,44 @@ def _dims(shape: str) -> tuple[int, int, int]:
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
-#: The most multiply-adds (m·n·k) one kernel may ask for: a lock must not be able to make verify run for hours.
-MAX_WORK = 1 << 33
+#: The most multiply-adds (m·n·k) one shape may ask for (capture refuses a larger `probe_shapes` entry).
+MAX_WORK = 1 << 31
+#: The most bytes one kernel may allocate, all its tensors counted as if none were freed.
+MAX_KERNEL_BYTES = 256 << 20
+#: The most work one kernel may do, in float32 multiply-add equivalents (see `kernel_cost`): a few seconds.
+MAX_KERNEL_WORK = 1 << 35
+#: The whole probe's budget, summed over its kernels. Bytes are summed per device (each is its own memory, and the
+#: probe forgets one device's cached inputs before it moves to the next), so the sum bounds what the probe holds
+#: at once; work is summed over all kernels and bounds how long verify runs (seconds, never minutes).
+MAX_PROBE_BYTES = 768 << 20
+MAX_PROBE_WORK = 1 << 37
+
+ITEM_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+# Making one input element: lowbias32 on int64 (the arange and the temporaries each step of the hash leaves
+# alive), then the float64 step and the cast. Generous, so the bound holds whatever torch or numpy frees early.
+GEN_BYTES = 64
+GEN_WORK = 16
+# Cost weights against a float32 BLAS multiply-add: float64 (the error-class reference) is about 4x slower on
+# CPUs, an int64 matmul (no BLAS) about 8x (measured on 2 cores; order of magnitude, not a benchmark).
+F64_WEIGHT = 4
+INT64_WEIGHT = 8
+# What a kernel costs however small: its launch, synchronisation and hashing (a lock of thousands of 1x1x1 kernels
+# must spend the budget too).
+KERNEL_WORK = 1 << 20
+SUM_ELEMENTS = SUM_BLOCK * SUM_TILES
+DENORMAL_ELEMENTS = 1 << 20
+CONV_INPUT, CONV_WEIGHT, CONV_OUTPUT = 64 * 32 * 32, 64 * 64 * 9, 64 * 32 * 32
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a kernel needs before it runs: bytes of every tensor it allocates, and its work (see `kernel_cost`)."""
+
+    bytes: int
+    work: int
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.bytes + other.bytes, self.work + other.work)
 
 
 def shape_work(shape: str) -> int:
@@ -90,13 +127,86 @@ def shape_work(shape: str) -> int:
     return int(match.group(1)) * int(match.group(2)) * int(match.group(3)) if match else 0
 
 
+def _made(n: int, size: int) -> Cost:
+    """Making a hashed input of n elements of `size` bytes (kept, cached), and the tensor_bytes copy hashing it."""
+    return Cost(n * (GEN_BYTES + 2 * size), n * GEN_WORK)
+
+
+def kernel_cost(spec: KernelSpec) -> Cost:
+    """The bytes and work of one kernel, from its op, shape and dtype alone (raises ValueError for a bad shape).
+
+    Counted per tensor each kernel below allocates, including the checks on the result (the float64 reference of
+    `error_class`, the copies that hash and sample it), with no credit for memory freed on the way.
+    """
+    size = ITEM_BYTES.get(spec.dtype, 8)
+    fixed = Cost(0, KERNEL_WORK)
+    if spec.op in ("mm", "identity-mm", "int-mm"):
+        m, n, k = _dims(spec.shape)
+    if spec.op == "mm":
+        inputs, outputs = m * k + k * n, m * n
+        # a, b; out, again; error_class: .float() copies, float64 a, b, |a|, |b| and six float64 m x n tensors.
+        checks = Cost(inputs * (4 + 32) + outputs * (3 * size + 4 + 48), 2 * F64_WEIGHT * m * n * k + 8 * outputs)
+        return fixed + _made(inputs, size) + Cost(2 * outputs * size, 2 * m * n * k) + checks
+    if spec.op == "identity-mm":
+        # x, the n x n identity, out; mantissa_bits_kept: two float64 copies, |o - w|, |w|, the ratio, a mask.
+        return fixed + _made(m * n, 4) + Cost(4 * n * n + m * n * (4 + 2 * 4 + 7 * 8 + 1), m * n * n + 8 * m * n)
+    if spec.op == "int-mm":
+        inputs, outputs = m * k + k * n, m * n
+        # int64 inputs (and their % 33 - 16), their casts and CPU copies; out, the exact int64 product, its
+        # float64 and rounded forms, the comparison.
+        tensors = Cost(inputs * (GEN_BYTES + 16 + size + 8) + outputs * (3 * size + 16 + 1 + 8), 0)
+        return fixed + tensors + Cost(0, inputs * GEN_WORK + m * n * k * (1 + INT64_WEIGHT) + 4 * outputs)
+    if spec.op in ("sum", "mean"):
+        # The shape is a label: the input is always SUM_TILES scaled tiles of one block (numpy or torch).
+        tiles = Cost(2 * SUM_ELEMENTS * 4 + 2 * (SUM_ELEMENTS // 1024) * 4, 2 * SUM_ELEMENTS)
+        return fixed + _made(SUM_BLOCK, 4) + tiles
+    if spec.op == "denormal":
+        return fixed + Cost(DENORMAL_ELEMENTS * (2 * 4 + 1 + 8), 3 * DENORMAL_ELEMENTS)
+    if spec.op in ("conv2d", "conv1x1"):
+        # input, weight (or the 64 x 64 identity), out and again, and an im2col buffer for the 3x3 case.
+        weight = CONV_WEIGHT if spec.op == "conv2d" else 64 * 64
+        taps = 9 if spec.op == "conv2d" else 1
+        buffers = Cost(4 * (2 * CONV_OUTPUT + taps * CONV_INPUT) + 4 * weight, 2 * 64 * 64 * taps * 32 * 32)
+        return fixed + _made(CONV_INPUT, 4) + _made(weight, 4) + buffers
+    if spec.op == "index-add":
+        rows = 4096 * 64
+        return fixed + _made(rows, 4) + _made(4096, 8) + Cost(2 * 64 * 64 * 4, 2 * rows)
+    return fixed
+
+
+def megabytes(count: int) -> str:
+    """A byte count in whole MB, rounded up."""
+    return f"{-(-count // (1 << 20))} MB"
+
+
+def over_bound(spec: KernelSpec, cost: Cost) -> str:
+    """Why one kernel is too large for the probe ("" when it fits)."""
+    if spec.op in ("mm", "identity-mm", "int-mm") and shape_work(spec.shape) > MAX_WORK:
+        return f"shape {spec.shape} is larger than the probe runs (m·n·k over {MAX_WORK})"
+    if cost.bytes > MAX_KERNEL_BYTES:
+        return (f"shape {spec.shape} needs {megabytes(cost.bytes)} for {spec.op} in {spec.dtype}, more than the "
+                f"probe allows ({megabytes(MAX_KERNEL_BYTES)} a kernel)")
+    if cost.work > MAX_KERNEL_WORK:
+        return (f"shape {spec.shape} is larger than the probe runs ({spec.op} needs {cost.work:.2e} multiply-adds, "
+                f"over {MAX_KERNEL_WORK:.2e} a kernel)")
+    return ""
+
+
 def run_kernel(spec: KernelSpec) -> dict[str, Any]:
     """Run one kernel; its input and output hashes, samples, canary verdict, error class and repeat check."""
     runner = KERNELS.get(spec.op)
     if runner is None:
         return {"error": f"unknown op {spec.op!r}"}
-    if shape_work(spec.shape) > MAX_WORK:
-        return {"error": f"shape {spec.shape} is larger than the probe runs (m·n·k over {MAX_WORK})"}
+    blocked = blocked_coretype()
+    if blocked:  # importing numpy or torch would kill the process with SIGILL
+        return {"error": f"not run: {blocked}"}
+    try:
+        cost = kernel_cost(spec)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    refused = over_bound(spec, cost)
+    if refused:
+        return {"error": refused}
     started = time.perf_counter()
     with _threads(spec):
         result = runner(spec)

@@ -5,8 +5,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from envlock.probes.coretype import blocked_coretype
 from envlock.probes.numerics.inputs import GENERATOR, SUM_BLOCK, SUM_TILES, clear_inputs
-from envlock.probes.numerics.kernels import KernelSpec, run_kernel
+from envlock.probes.numerics.kernels import (
+    KERNEL_WORK,
+    MAX_PROBE_BYTES,
+    MAX_PROBE_WORK,
+    Cost,
+    KernelSpec,
+    kernel_cost,
+    megabytes,
+    over_bound,
+    run_kernel,
+)
 
 PROBE_VERSION = "envlock-probe-1"
 
@@ -58,11 +69,24 @@ def default_kernels(*, numpy: bool, torch: bool, cuda_devices: int = 0,
 
 
 def collect_numerics(specs: dict[str, KernelSpec]) -> dict[str, Any]:
-    """Raw facts: run each kernel (a failing one says why) and time the whole probe."""
+    """Raw facts: run each kernel (a failing one says why, one past the probe's budget too) and time the probe."""
     started = time.perf_counter()
     kernels: dict[str, Any] = {}
+    budget = Budget()
+    device = ""
+    blocked = blocked_coretype()  # importing numpy or torch would die with SIGILL
     try:
         for key, spec in specs.items():
+            if blocked:
+                kernels[key] = {**spec.to_dict(), "error": f"not run: {blocked}"}
+                continue
+            if spec.device != device:
+                clear_inputs()  # cached inputs are held per device: the byte budget is per device too
+                device = spec.device
+            refused = budget.spend(spec)
+            if refused:
+                kernels[key] = {**spec.to_dict(), "error": refused}
+                continue
             try:
                 result = run_kernel(spec)
             except Exception as exc:  # a kernel that cannot run here is a finding, not a crash
@@ -72,6 +96,35 @@ def collect_numerics(specs: dict[str, KernelSpec]) -> dict[str, Any]:
         clear_inputs()
     return {"probe": PROBE_VERSION, "generator": GENERATOR, "kernels": kernels,
             "seconds": round(time.perf_counter() - started, 6)}
+
+
+class Budget:
+    """What a probe run has spent: bytes per device, work in all (see `kernels.kernel_cost`)."""
+
+    def __init__(self) -> None:
+        self.bytes: dict[str, int] = {}
+        self.work = 0
+
+    def spend(self, spec: KernelSpec) -> str:
+        """Charge one kernel; why it is refused ("" when the budget has room: run_kernel then judges it alone)."""
+        try:
+            cost = kernel_cost(spec)
+        except ValueError:
+            cost = Cost(0, KERNEL_WORK)
+        if over_bound(spec, cost):  # refused by run_kernel itself, before it allocates anything
+            cost = Cost(0, KERNEL_WORK)
+        held = self.bytes.get(spec.device, 0)
+        if held + cost.bytes > MAX_PROBE_BYTES:
+            self.work += KERNEL_WORK
+            return (f"shape {spec.shape} needs {megabytes(cost.bytes)} more on {spec.device}, more than the probe "
+                    f"allows ({megabytes(MAX_PROBE_BYTES)} a device; the kernels before it took {megabytes(held)})")
+        if self.work + cost.work > MAX_PROBE_WORK:
+            self.work += KERNEL_WORK
+            return (f"{spec.op} {spec.shape} is past the probe's budget ({MAX_PROBE_WORK:.2e} multiply-adds in all, "
+                    f"{self.work - KERNEL_WORK:.2e} spent by the kernels before it)")
+        self.bytes[spec.device] = held + cost.bytes
+        self.work += cost.work
+        return ""
 
 
 def specs_from_lock(kernels: dict[str, Any]) -> dict[str, KernelSpec]:
