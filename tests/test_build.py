@@ -599,3 +599,255 @@ def test_context_file_is_closed_when_the_daemon_is_unreachable(
     finally:
         for handle in handles:
             handle.close()
+
+
+# --- hardening: the context is written whole or not at all ---------------------------------------------------
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial"))
+
+
+def test_context_onto_a_non_folder_is_exit_2_one_line(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any]
+) -> None:
+    lock = sealed(tmp_path, lock_data)
+    plain = tmp_path / "plain"
+    plain.write_text("mine")
+    for ctx in (plain, plain / "ctx", tmp_path / "missing" / "ctx"):
+        line = one_line(cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path)), 2)
+        assert line.startswith(f"envlock: error: --context {ctx}: "), line
+    assert plain.read_text() == "mine"
+    assert not (tmp_path / "missing").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["mkdir", "copy"], ids=["read-only", "disk-full"])
+def test_context_write_failure_is_exit_2_and_leaves_nothing(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    import errno
+    import shutil
+
+    lock = sealed(tmp_path, lock_data)
+    parent = tmp_path / "out"
+    parent.mkdir()
+    ctx = parent / "ctx"
+    ctx.mkdir()  # an existing empty folder: untouched when the write fails
+    real_mkdir = os.mkdir
+
+    def read_only(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).startswith(str(parent)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "mkdir":
+        monkeypatch.setattr(os, "mkdir", read_only)
+    else:
+        monkeypatch.setattr(shutil, "copyfileobj", disk_full)
+    line = one_line(cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path)), 2)
+    assert f"--context {ctx}" in line and ("Read-only" in line or "No space" in line), line
+    assert [p.name for p in parent.iterdir()] == ["ctx"] and not any(ctx.iterdir())
+
+
+def test_context_into_an_empty_folder_replaces_it_whole(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any]
+) -> None:
+    lock = sealed(tmp_path, lock_data)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    result = cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path))
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert (ctx / "Dockerfile").is_file() and _leftovers(tmp_path) == []
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert ctx.stat().st_mode & 0o777 == 0o777 & ~umask  # the umask's, not mkdtemp's 0700
+
+
+# --- hardening: every broken wheel is one line, exit 2, naming the file ----------------------------------------
+
+
+def _rezip(path: Path, change: Any) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members = change(members)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data)
+
+
+RECORD = "tinypkg-1.0.dist-info/RECORD"
+
+
+def _add_record_row(row: str) -> Any:
+    return lambda m: {**m, RECORD: m[RECORD] + row.encode()}
+
+
+BROKEN_WHEELS: list[Any] = [
+    pytest.param(lambda p: p.write_bytes(b"not a zip at all"), "not a readable wheel", id="not-zip"),
+    pytest.param(lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable wheel",
+                 id="truncated"),
+    pytest.param(lambda p: _rezip(p, lambda m: {k: v for k, v in m.items() if k != RECORD}), "no single",
+                 id="no-record"),
+    pytest.param(lambda p: _rezip(p, _add_record_row("../../etc/evil,sha256=x,1\n")), "outside", id="record-dotdot"),
+    pytest.param(lambda p: _rezip(p, _add_record_row("/etc/evil,sha256=x,1\n")), "outside", id="record-absolute"),
+    pytest.param(lambda p: _rezip(p, lambda m: {**m, "../evil.py": b"x"}), "outside", id="member-dotdot"),
+    pytest.param(lambda p: _rezip(p, lambda m: {**m, "tinypkg/extra.py": b"x"}), "does not list", id="unlisted"),
+    pytest.param(lambda p: _rezip(p, lambda m: {**m, "tinypkg/__init__.py": b"EVIL = 1\n"}), "modified",
+                 id="modified-member"),
+    pytest.param(lambda p: _rezip(p, lambda m: {k.replace("tinypkg-1.0.dist-info", "other-1.0.dist-info"): v
+                                                for k, v in m.items()}), "not a distribution of", id="other-dist"),
+]
+
+
+@pytest.mark.parametrize(("damage", "needle"), BROKEN_WHEELS)
+def test_broken_wheel_is_exit_2_one_line_naming_it(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any], damage: Any, needle: str
+) -> None:
+    lock_data["packages"]["tinypkg"].pop("hashes")  # the archive changes: reach the checks past its hash
+    lock = sealed(tmp_path, lock_data)
+    wheel = next(wheelhouse.glob("*.whl"))
+    damage(wheel)
+    ctx = tmp_path / "ctx"
+    line = one_line(cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path)), 2)
+    assert str(wheel) in line and needle in line, line
+    assert not ctx.exists() and _leftovers(tmp_path) == []
+
+
+def test_misnamed_wheel_in_a_wheelhouse_is_exit_2_naming_it(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any]
+) -> None:
+    lock = sealed(tmp_path, lock_data)
+    odd = wheelhouse / "tinypkg-1.0.whl"
+    odd.write_bytes(b"")
+    line = one_line(cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(tmp_path / "c")),
+                        env=env(tmp_path)), 2)
+    assert str(odd) in line and "not a wheel file name" in line, line
+
+
+# --- hardening: the image records the origins its lock has, and seeds pip from the base --------------------------
+
+
+def test_local_wheel_origin_is_written_into_the_image_venv(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any]
+) -> None:
+    url = "file:///home/me/wheels/tinypkg-1.0-py3-none-any.whl"
+    lock_data["packages"]["tinypkg"].update(source="local", url=url)
+    lock = sealed(tmp_path, lock_data)
+    ctx = tmp_path / "ctx"
+    result = cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path))
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    plan = json.loads((ctx / "plan.json").read_text())
+    assert plan == {"origins": {"tinypkg": {"archive_info": {}, "url": url}}, "seeds": {}}
+    dockerfile = (ctx / "Dockerfile").read_text()
+    assert "COPY steps.py plan.json /opt/envlock-build/\n" in dockerfile
+    install = dockerfile.index('"install", "--no-index"')
+    assert dockerfile.index('"/opt/envlock-build/steps.py", "origins"]') > install
+    assert "steps.py\", \"seeds\"" not in dockerfile and '"--without-pip"' in dockerfile
+    assert (ctx / "steps.py").read_bytes() == (Path(__file__).parent.parent / "envlock/build/steps.py").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["local", "url", "vcs", "editable"])
+def test_steps_origins_make_the_installed_package_read_back_as_locked(tmp_path: Path, source: str) -> None:
+    from envlock.build import steps
+    from envlock.build.render import direct_url
+    from envlock.probes.packages import collect_packages, parse_packages
+
+    wheel = make_wheel(tmp_path / "wh")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "-q", "--python", str(venv / "bin" / "python"), "install",
+                    "--no-index", "--no-deps", "--find-links", str(wheel.parent), "tinypkg==1.0"], check=True)
+    (site,) = venv.glob("lib/python*/site-packages")
+    before = parse_packages(collect_packages([str(site)]))["tinypkg"]
+    assert before.source == "index"
+    url = {"vcs": "https://example.org/t.git", "url": "https://example.org/tinypkg-1.0-py3-none-any.whl"}.get(
+        source, "file:///src/tinypkg-1.0-py3-none-any.whl" if source == "local" else "file:///src/tinypkg")
+    locked = Package(version="1.0", source=source, url=url, commit="a" * 40 if source == "vcs" else "",  # type: ignore[arg-type]
+                     files=before.files)
+    assert steps.origins({"origins": {"tinypkg": direct_url(locked)}}, str(site)) == 0
+    after = parse_packages(collect_packages([str(site)]))["tinypkg"]
+    assert after == locked
+
+
+def test_steps_digest_is_the_probe_digest() -> None:
+    from envlock.build import steps
+    from envlock.probes.packages import record_digest
+
+    for folder in {Path(p) for p in sys.path if p.endswith("site-packages")}:
+        for record in sorted(folder.glob("*.dist-info/RECORD"))[:40]:
+            text = record.read_text(encoding="utf-8", errors="replace")
+            assert steps.files_digest(text, record.parent.name) == record_digest(text, record.parent.name), record
+
+
+def test_a_distribution_seeded_pip_is_taken_from_the_base_and_checked(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any]
+) -> None:
+    # The wheelhouse's pip is another build of the locked version (the index's, while the lock has Debian's).
+    index_pip = make_wheel(wheelhouse, name="pip", version="23.0.1")
+    lock_data["packages"]["pip"] = {"version": "23.0.1", "source": "index", "files": "sha256:" + "e" * 64}
+    # A seed the host finds no wheel of (not from an index: nothing is downloaded) is taken from the base too.
+    lock_data["packages"]["wheel"] = {"version": "0.40.0", "source": "local", "files": "sha256:" + "f" * 64,
+                                      "url": "file:///x/wheel-0.40.0-py3-none-any.whl"}
+    lock = sealed(tmp_path, lock_data)
+    ctx = tmp_path / "ctx"
+    result = cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path))
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    plan = json.loads((ctx / "plan.json").read_text())
+    assert sorted(plan["seeds"]) == ["pip", "wheel"]
+    assert plan["seeds"]["pip"]["files"] == "sha256:" + "e" * 64
+    assert index_pip.name in plan["seeds"]["pip"]["index"] and plan["seeds"]["wheel"]["index"] == ""
+    assert plan["seeds"]["wheel"]["origin"] == "local file:///x/wheel-0.40.0-py3-none-any.whl"
+    assert "pip" not in (ctx / "requirements.txt").read_text()
+    assert sorted(p.name for p in (ctx / "wheels").iterdir()) == ["tinypkg-1.0-py3-none-any.whl"]
+    dockerfile = (ctx / "Dockerfile").read_text()
+    seeds_step = dockerfile.index('"/opt/envlock-build/steps.py", "seeds"]')
+    assert dockerfile.index('RUN ["python3", "-m", "venv", "/opt/venv"]\n') < seeds_step
+    assert seeds_step < dockerfile.index('"install", "--no-index"')
+
+
+def test_a_seed_whose_wheel_matches_is_installed_from_it(
+    cli: Any, tmp_path: Path, wheelhouse: Path, lock_data: dict[str, Any]
+) -> None:
+    pip = make_wheel(wheelhouse, name="pip", version="24.0")
+    lock_data["packages"]["pip"] = {"version": "24.0", "source": "index", "files": wheel_files_digest(pip)}
+    lock = sealed(tmp_path, lock_data)
+    ctx = tmp_path / "ctx"
+    result = cli(*build_args(lock, tmp_path, wheelhouse, "--context", str(ctx)), env=env(tmp_path))
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "pip==24.0 --hash=sha256:" in (ctx / "requirements.txt").read_text()
+    assert not (ctx / "plan.json").exists() and '"--without-pip"' in (ctx / "Dockerfile").read_text()
+
+
+def test_steps_seeds_names_the_package_and_both_origins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from envlock.build import steps
+
+    site = tmp_path / "site"
+    dist = site / "pip-23.0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pip\nVersion: 23.0.1\n\n")
+    (dist / "RECORD").write_text("pip/__init__.py,sha256=abc,3\npip-23.0.1.dist-info/RECORD,,\n")
+    digest = steps.files_digest((dist / "RECORD").read_text(), dist.name)
+    good = {"seeds": {"pip": {"version": "23.0.1", "files": digest, "origin": "an index", "index": ""}}}
+    assert steps.seeds(good, str(site)) == 0
+    bad = {"seeds": {"pip": {"version": "23.0.1", "files": "sha256:" + "e" * 64, "origin": "an index",
+                             "index": "pip-23.0.1-py3-none-any.whl: its files differ"}}}
+    assert steps.seeds(bad, str(site)) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(steps.PREFIX + "packages.pip: the lock has pip 23.0.1 from an index (files sha256:eeee")
+    assert f"seeds pip 23.0.1 (files {digest[:19]}" in line and "pip-23.0.1-py3-none-any.whl" in line
+
+
+def test_a_failing_envlock_step_gives_its_own_line() -> None:
+    chunks = [{"stream": "Step 7/9 : RUN [\"/opt/envlock-installer/bin/python\", \"steps.py\", \"seeds\"]\n"},
+              {"stream": "envlock-build: packages.pip: the lock has pip 23.0.1 from an index\n"},
+              {"error": "The command returned a non-zero code: 1",
+               "errorDetail": {"message": "The command returned a non-zero code: 1"}}]
+    with pytest.raises(BuildError) as info:
+        _follow(chunks)
+    assert str(info.value).startswith("the build failed at step 7/9 (RUN")
+    assert str(info.value).endswith(": packages.pip: the lock has pip 23.0.1 from an index")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -373,3 +374,56 @@ def test_unreachable_daemon_is_exit_3_naming_docker_host(
     gc.collect()
     assert result.exit_code == 3, (result.stdout, result.stderr)
     assert "DOCKER_HOST" in one_error_line(result)
+
+
+# --- a lock captured in a venv of the distribution's own python3-venv ----------------------------------------
+
+
+def test_debian_venv_lock_with_a_local_wheel_builds_and_verifies_clean(
+    cli: Any, engine: Engine, locks: Locks, tmp_path: Path
+) -> None:
+    # Debian's `python3 -m venv` seeds its own patched pip and setuptools (/usr/share/python-wheels), whose files
+    # differ from the index's wheels of the same versions; envlock is installed from a wheel file (source local).
+    wheels = {f"wheels/{p.name}": p.read_bytes() for p in sorted(locks.wheelhouse.iterdir())}
+    script = (
+        "set -e; mkdir -p /out; python3 -m venv /deb; "
+        "/deb/bin/python -m pip -q install --no-index --find-links /wheels /wheels/envlock-*.whl; "
+        "(cd /tmp && /deb/bin/envlock capture --no-torch --no-numerics -o /out/deb.lock)"
+    )
+    code, output, fetched = run_container(engine, engine.base_id, ["sh", "-c", script], put={"/": _tar(wheels)},
+                                          fetch="/out/deb.lock")
+    assert code == 0, output
+    with tarfile.open(fileobj=io.BytesIO(fetched)) as tar:
+        extracted = tar.extractfile("deb.lock")
+        assert extracted is not None
+        lock = tmp_path / "deb.lock"
+        lock.write_bytes(extracted.read())
+    packages = tomllib.loads(lock.read_text())["packages"]
+    assert {"pip", "setuptools"} <= set(packages) and packages["envlock"]["source"] == "local", packages
+
+    tag = f"envlock-e2e-{SESSION}:debian"
+    result = build(cli, engine, lock, tag, locks.wheelhouse, tmp_path)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "envlock verify: OK" in result.stdout and f"tagged {tag}" in result.stdout
+    # Every start of the image matches its own lock with no finding at all, warnings included.
+    code, output, _ = run_container(engine, tag, ["/opt/venv/bin/envlock", "verify", "--json"], entrypoint=[])
+    assert code == 0, output
+    report = json.loads(output[output.index("{"):])
+    assert report["ok"] and report["findings"] == [], report["findings"]
+    code, output, _ = run_container(engine, tag, ["/bin/sh", "-c", "echo hi"])
+    assert (code, output.strip().splitlines()) == (0, ["hi"]), output
+
+
+def test_base_that_seeds_another_pip_is_exit_4_naming_both_origins(
+    cli: Any, engine: Engine, locks: Locks, tmp_path: Path
+) -> None:
+    data = tomllib.loads(locks.six16.read_text())
+    data["packages"]["pip"] = {"version": "23.0.1", "source": "index", "files": "sha256:" + "e" * 64}
+    data["lock"]["content_hash"] = content_hash(data)
+    lock = tmp_path / "otherpip.lock"
+    lock.write_text(tomlkit.dumps(data))
+    result = build(cli, engine, lock, f"envlock-e2e-{SESSION}:otherpip", locks.wheelhouse, tmp_path)
+    assert result.exit_code == 4, (result.stdout, result.stderr)
+    line = one_error_line(result)
+    assert "packages.pip: the lock has pip 23.0.1 from an index (files sha256:eeee" in line, line
+    assert "`python3 -m venv` seeds pip 23.0.1 (files sha256:" in line and "pip-23.0.1-py3-none-any.whl" in line, line

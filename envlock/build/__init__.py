@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envlock._version import __version__
-from envlock.build.context import context_folder_is_usable, pack_context, write_context
+from envlock.build.context import check_context_folder, pack_context, write_context
 from envlock.build.engine import build_image, connect, image_id, python_version, run_in
 from envlock.build.refs import check_base, check_tag
-from envlock.build.render import Requirement, lock_env, render_dockerfile, render_requirements
+from envlock.build.render import (
+    PLAN_FILE,
+    STEPS_FILE,
+    Requirement,
+    lock_env,
+    render_dockerfile,
+    render_plan,
+    render_requirements,
+)
 from envlock.build.wheels import default_cache, gather
 from envlock.errors import BuildError, UsageError
 from envlock.lockfile import load, read_text
@@ -54,8 +62,8 @@ def build(
         raise UsageError("a build needs --base (the image to start from, pinned by digest or a local image ID)")
     if context_dir is None and tag is None:
         raise UsageError("a build needs --tag (or --context DIR to write the context only)")
-    if context_dir is not None and not context_folder_is_usable(context_dir):
-        raise UsageError(f"--context {context_dir}: the folder exists and is not empty; give a new or empty one")
+    if context_dir is not None:
+        check_context_folder(context_dir)
     repository, tag_name = check_tag(tag) if tag is not None else ("", "")
     base_ref = check_base(base, allow_unpinned=allow_unpinned_base)
     env = lock_env({k: (v.set, v.value) for k, v in lock.floats.env.items()}, str(lock_path))
@@ -63,14 +71,20 @@ def build(
         if not folder.is_dir():
             raise UsageError(f"--wheelhouse {folder}: no such folder")
 
-    wheels = gather(lock, list(wheelhouses), default_cache())
+    gathered = gather(lock, list(wheelhouses), default_cache())
+    wheels = gathered.wheels
     requirements = [Requirement(w.name, w.version, w.path.name, w.sha256) for w in wheels]
     lock_sha = lock.lock.content_hash.removeprefix("sha256:")
+    seeded = bool(gathered.seeded)
+    origins = any(package.source != "index" for package in lock.packages.values())
     files = {
-        "Dockerfile": render_dockerfile(base_ref, env, lock_sha256=lock_sha).encode(),
+        "Dockerfile": render_dockerfile(base_ref, env, lock_sha256=lock_sha, seeded=seeded, origins=origins).encode(),
         "requirements.txt": render_requirements(requirements).encode(),
         "envlock.lock": text.encode("utf-8"),
     }
+    if seeded or origins:  # the steps that make the venv record what the lock records (see build/steps.py)
+        files[STEPS_FILE] = (Path(__file__).parent / "steps.py").read_bytes()
+        files[PLAN_FILE] = render_plan(dict(lock.packages), gathered.seeded).encode()
     wheel_files = {f"wheels/{w.path.name}": w.path for w in wheels}
     if context_dir is not None:
         archive, context_sha = pack_context(files, wheel_files)

@@ -5,25 +5,72 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import IO
 
+from envlock.errors import UsageError
+
 
 def write_context(folder: Path, files: dict[str, bytes], wheels: dict[str, Path]) -> None:
-    """Write the context into `folder` (created; must be empty or absent)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for relative, data in files.items():
-        target = folder / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    for relative, source in wheels.items():
-        target = folder / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as src, open(target, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
+    """Write the context into `folder`, all or nothing: into a temporary sibling, renamed into place when complete.
+
+    `folder` must be absent or an empty folder (it is replaced). On any failure (read-only place, full disk)
+    nothing is left behind and an existing `folder` is untouched; the failure is a UsageError naming `folder`.
+    """
+    check_context_folder(folder)
+    temp = ""
+    try:
+        temp = _sibling(folder)
+        for relative, data in files.items():
+            target = Path(temp, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        for relative, source in wheels.items():
+            target = Path(temp, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(temp, folder)  # onto an empty folder too (rename(2)); a folder filled meanwhile refuses
+        temp = ""
+    except OSError as exc:
+        raise UsageError(f"--context {folder}: cannot write the build context ({exc.strerror or exc}); "
+                         "nothing was written") from None
+    finally:
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _sibling(folder: Path) -> str:
+    """A new empty folder next to `folder` (made with the umask's permissions, unlike mkdtemp's 0700)."""
+    parent = folder.absolute().parent
+    for _ in range(100):
+        temp = str(parent / f".{folder.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.mkdir(temp)
+        except FileExistsError:
+            continue
+        return temp
+    raise FileExistsError(f"no free temporary name next to {folder}")
+
+
+def check_context_folder(folder: Path) -> None:
+    """Refuse a `--context DIR` that cannot be written whole: DIR must be absent or an empty folder (nothing of
+    the user's is replaced, a previous context included) and its parent an existing folder (nothing is created
+    around it)."""
+    parent = folder.absolute().parent
+    try:
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise UsageError(f"--context {folder}: exists and is not a folder; give a new or empty folder")
+        if folder.is_dir() and any(folder.iterdir()):
+            raise UsageError(f"--context {folder}: the folder exists and is not empty; give a new or empty one")
+        if not parent.is_dir():
+            raise UsageError(f"--context {folder}: {parent} is not an existing folder")
+    except OSError as exc:
+        raise UsageError(f"--context {folder}: cannot be used ({exc.strerror or exc})") from None
 
 
 def _info(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
@@ -58,11 +105,3 @@ def pack_context(files: dict[str, bytes], wheels: dict[str, Path]) -> tuple[IO[b
         digest.update(chunk)
     handle.seek(0)
     return handle, digest.hexdigest()
-
-
-def context_folder_is_usable(folder: Path) -> bool:
-    """Whether `--context DIR` may be written: absent, or an empty folder (nothing of the user's is replaced)."""
-    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
-
-
-

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from envlock.build.steps import PREFIX as STEP_PREFIX
 from envlock.errors import BuildError, EnvironmentUnavailable, UsageError
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f\x9b]")
@@ -104,6 +105,7 @@ def follow(chunks: Iterable[dict[str, Any]], echo: Callable[[str], None], *, dea
     step = ""
     image = ""
     pending = ""
+    told = ""  # the one line an envlock build step printed before failing (build/steps.py)
     for chunk in chunks:
         if time.monotonic() > deadline:
             raise BuildError(f"the build ran past its deadline; last step: {step or 'none'}")
@@ -111,7 +113,8 @@ def follow(chunks: Iterable[dict[str, Any]], echo: Callable[[str], None], *, dea
             detail = chunk.get("errorDetail", {}) if isinstance(chunk.get("errorDetail"), dict) else {}
             message = clean(str(detail.get("message") or chunk.get("error") or "unknown error")).strip()
             where = f" at {step}" if step else ""
-            raise BuildError(f"the build failed{where}: {message.splitlines()[-1] if message else 'error'}")
+            last = told or (message.splitlines()[-1] if message else "error")
+            raise BuildError(f"the build failed{where}: {last}")
         if "message" in chunk and len(chunk) == 1:  # some engines stream a failure this way (docker-py #3108)
             raise BuildError(f"the build failed: {clean(str(chunk['message'])).strip()[:300]}")
         aux = chunk.get("aux")
@@ -128,6 +131,9 @@ def follow(chunks: Iterable[dict[str, Any]], echo: Callable[[str], None], *, dea
                 match = _STEP.match(line.strip())
                 if match:
                     step = f"step {match.group(1)}/{match.group(2)} ({match.group(3)[:80]})"
+                    told = ""
+                elif line.startswith(STEP_PREFIX):
+                    told = line[len(STEP_PREFIX):].strip()[:400]
                 if not _NOISE.match(line):
                     echo(line)
                 found = re.match(r"^Successfully built ([0-9a-f]{12,64})$", line.strip())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from envlock.errors import LockError
+from envlock.model import Package
 from envlock.probes.floats import NUMERIC_ENV_VARS
 
 LOCK_PATH = "/etc/envlock/envlock.lock"
@@ -17,6 +19,11 @@ PIP_INSTALL = json.dumps([*_PIP, "install", "--no-index", "--find-links", "/opt/
                           "--require-hashes", "--no-deps", "--only-binary", ":all:",
                           "-r", "/opt/envlock-build/requirements.txt"])
 PIP_CHECK = json.dumps([*_PIP, "check"])
+BUILD_DIR = "/opt/envlock-build"
+STEPS_FILE, PLAN_FILE = "steps.py", "plan.json"
+# Installer seeds: what `python3 -m venv` puts into a venv from the Python that makes it (pip-tools' "unsafe"
+# packages). A distribution's Python seeds its own builds (Debian: /usr/share/python-wheels), unlike the index's.
+SEEDS = frozenset({"pip", "setuptools", "wheel"})
 _ENV_VALUE = re.compile(r"[A-Za-z0-9:._,+=/-]{0,64}")
 _CANONICAL = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,127}")
@@ -56,18 +63,28 @@ def lock_env(env: dict[str, tuple[bool, str]], lock_name: str) -> list[tuple[str
     return out
 
 
-def render_dockerfile(base: str, env: list[tuple[str, str]], *, lock_sha256: str) -> str:
-    """A two-stage Dockerfile: wheels are installed in the first stage and never reach the final layers."""
+def render_dockerfile(base: str, env: list[tuple[str, str]], *, lock_sha256: str, seeded: bool = False,
+                      origins: bool = False) -> str:
+    """A two-stage Dockerfile: wheels are installed in the first stage and never reach the final layers.
+
+    `seeded`: the job's venv is made with the base's pip seeds, which `steps.py seeds` checks against the lock;
+    `origins`: `steps.py origins` writes the lock's origin of each non-index package into the venv.
+    """
     env_lines = "".join(f"ENV {name}={value}\n" for name, value in env)
+    steps = seeded or origins
+    copy_steps = f"COPY {STEPS_FILE} {PLAN_FILE} {BUILD_DIR}/\n" if steps else ""
+    venv = f'RUN ["python3", "-m", "venv", "{VENV}"]\n' if seeded else \
+        f'RUN ["python3", "-m", "venv", "--without-pip", "{VENV}"]\n'
+    check_seeds = f"RUN {_step('seeds')}\n" if seeded else ""
+    write_origins = f"RUN {_step('origins')}\n" if origins else ""
     return f"""\
 FROM {base} AS install
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 COPY wheels/ /opt/envlock-build/wheels/
 COPY requirements.txt /opt/envlock-build/requirements.txt
-RUN ["python3", "-m", "venv", "{INSTALLER}"]
-RUN ["python3", "-m", "venv", "--without-pip", "{VENV}"]
-RUN {PIP_INSTALL}
-RUN {PIP_CHECK}
+{copy_steps}RUN ["python3", "-m", "venv", "{INSTALLER}"]
+{venv}{check_seeds}RUN {PIP_INSTALL}
+{write_origins}RUN {PIP_CHECK}
 
 FROM {base}
 COPY --from=install {VENV} {VENV}
@@ -77,3 +94,35 @@ ENV ENVLOCK_LOCK={LOCK_PATH} ENVLOCK_LOCK_SHA256={lock_sha256}
 {env_lines}ENTRYPOINT ["{VENV}/bin/envlock", "run", "--"]
 CMD ["/bin/sh"]
 """
+
+
+def _step(name: str) -> str:
+    return json.dumps([f"{INSTALLER}/bin/python", f"{BUILD_DIR}/{STEPS_FILE}", name])
+
+
+def direct_url(package: Package) -> dict[str, Any]:
+    """The PEP 610 `direct_url.json` that records the package's locked origin (parse_source reads it back)."""
+    if package.source == "vcs":
+        vcs = "hg" if package.url.startswith("hg+") else "svn" if package.url.startswith("svn+") else "git"
+        info: dict[str, Any] = {"vcs": vcs}
+        if package.commit:
+            info["commit_id"] = package.commit
+        return {"url": package.url, "vcs_info": info}
+    if package.source == "editable":
+        return {"url": package.url, "dir_info": {"editable": True}}
+    if package.source == "local" and not package.url.endswith((".whl", ".zip", ".tar.gz")):
+        return {"url": package.url, "dir_info": {}}
+    return {"url": package.url, "archive_info": {}}
+
+
+def render_plan(packages: dict[str, Package], seeded: dict[str, str]) -> str:
+    """plan.json for steps.py: the seeds taken from the base (name -> why no wheel was used) and the origins."""
+    plan: dict[str, Any] = {"seeds": {}, "origins": {}}
+    for name, why in sorted(seeded.items()):
+        package = packages[name]
+        origin = "an index" if package.source == "index" else f"{package.source} {package.url}".strip()
+        plan["seeds"][name] = {"version": package.version, "files": package.files, "origin": origin, "index": why}
+    for name, package in sorted(packages.items()):
+        if package.source != "index":
+            plan["origins"][name] = direct_url(package)
+    return json.dumps(plan, indent=1, sort_keys=True) + "\n"

@@ -6,15 +6,19 @@ the files it installs must give the lock's `files` digest — so the wheel is th
 
 from __future__ import annotations
 
+import base64
+import csv
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from envlock.build.render import SEEDS
 from envlock.errors import BuildError, UsageError
 from envlock.model import Lock, Package, PythonSection
 from envlock.probes.packages import canonical_name, record_digest
@@ -39,14 +43,61 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def wheel_files_digest(path: Path) -> str:
-    """The `files` digest the wheel's contents give once installed (see probes.packages.record_digest)."""
+def _hostile(path: str) -> bool:
+    """Whether an archive or RECORD path would land outside the install folder (or cannot be a file name)."""
+    return (path.startswith("/") or "\\" in path or ".." in path.split("/") or (len(path) > 1 and path[1] == ":")
+            or any(ord(c) < 32 for c in path))
+
+
+_ALGORITHMS = {"sha256", "sha384", "sha512"}
+_SIGNATURES = ("RECORD.jws", "RECORD.p7s")
+
+
+def _check_record(archive: zipfile.ZipFile, path: Path, dist_info: str, text: str) -> None:
+    """Every archive member is in RECORD with its hash, and every RECORD path is a member (pip checks neither)."""
+    members = {info.filename: info for info in archive.infolist() if not info.filename.endswith("/")}
+    listed: set[str] = set()
+    for row in csv.reader(text.splitlines()):
+        if not row:
+            continue
+        name, digest = row[0], row[1] if len(row) > 1 else ""
+        if _hostile(name):
+            raise UsageError(f"{path}: its RECORD names a path outside the install folder ({name!r})")
+        listed.add(name)
+        if name == f"{dist_info}/RECORD":
+            continue
+        algorithm, _, expected = digest.partition("=")
+        if name not in members:
+            raise UsageError(f"{path}: its RECORD lists {name!r}, which the archive does not hold")
+        if algorithm not in _ALGORITHMS or not expected:
+            raise UsageError(f"{path}: its RECORD gives {name!r} no sha256 (or stronger) hash")
+        hasher = hashlib.new(algorithm)
+        with archive.open(members[name]) as member:
+            for chunk in iter(lambda: member.read(1 << 20), b""):
+                hasher.update(chunk)
+        if base64.urlsafe_b64encode(hasher.digest()).rstrip(b"=").decode() != expected.rstrip("="):
+            raise UsageError(f"{path}: {name!r} does not have the hash its RECORD gives (a modified wheel)")
+    unlisted = sorted(n for n in members if n not in listed and n not in {f"{dist_info}/{s}" for s in _SIGNATURES})
+    if unlisted:
+        raise UsageError(f"{path}: holds files its RECORD does not list ({unlisted[0]!r})")
+
+
+def _files_digest(path: Path, name: str) -> str:
     with zipfile.ZipFile(path) as archive:
-        records = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/RECORD")]
+        names = archive.namelist()
+        hostile = [n for n in names if _hostile(n)]
+        if hostile:
+            raise UsageError(f"{path}: the archive holds a path outside the install folder ({hostile[0]!r})")
+        if len(set(names)) != len(names):
+            raise UsageError(f"{path}: the archive holds the same path twice")
+        records = [n for n in names if n.count("/") == 1 and n.endswith(".dist-info/RECORD")]
         if len(records) != 1:
-            raise BuildError(f"{path.name}: not a wheel (no single .dist-info/RECORD)")
+            raise UsageError(f"{path}: not a wheel (no single .dist-info/RECORD)")
         dist_info = records[0].split("/")[0]
+        if name and canonical_name(dist_info[: -len(".dist-info")].rpartition("-")[0]) != name:
+            raise UsageError(f"{path}: its {dist_info} is not a distribution of {name}")
         text = archive.read(records[0]).decode("utf-8", "replace")
+        _check_record(archive, path, dist_info, text)
     data_dir = dist_info[: -len(".dist-info")] + ".data/"
     lines = []
     for line in text.splitlines():
@@ -59,6 +110,20 @@ def wheel_files_digest(path: Path) -> str:
                 continue  # scripts, headers, data: installed outside site-packages
         lines.append(line)
     return record_digest("\n".join(lines), dist_info)
+
+
+def wheel_files_digest(path: Path, name: str = "") -> str:
+    """The `files` digest the wheel's contents give once installed (see probes.packages.record_digest).
+
+    The wheel is checked first: a readable zip, one .dist-info (of `name`, when given) with a RECORD that lists
+    exactly the archive's files with their right hashes, and no path outside the install folder. Exit 2 otherwise.
+    """
+    try:
+        return _files_digest(path, name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError,
+            csv.Error) as exc:
+        why = str(exc).strip().splitlines()[:1] or [type(exc).__name__]
+        raise UsageError(f"{path}: not a readable wheel ({why[0][:120]})") from None
 
 
 def _platforms(tag: str) -> list[str]:
@@ -85,6 +150,23 @@ def compatible(filename: str, python: PythonSection) -> bool:
     supported = set(tags.cpython_tags((major, minor), [python.abi], platforms))
     supported |= set(tags.compatible_tags((major, minor), python.abi, platforms))
     return bool(set(parse_wheel_filename(filename)[3]) & supported)
+
+
+def check_names(wheelhouses: list[Path]) -> None:
+    """Refuse (exit 2) a `.whl` in a wheelhouse whose name does not parse, so it is not taken for a missing wheel."""
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+    from packaging.version import InvalidVersion
+
+    for folder in wheelhouses:
+        for entry in sorted(folder.iterdir()):
+            if entry.suffix != ".whl":
+                continue
+            try:
+                parse_wheel_filename(entry.name)
+            except (InvalidWheelFilename, InvalidVersion):
+                raise UsageError(
+                    f"--wheelhouse {entry}: not a wheel file name (name-version[-build]-python-abi-platform.whl)"
+                ) from None
 
 
 def find_wheel(name: str, version: str, folders: list[Path], python: PythonSection) -> Path | None:
@@ -128,15 +210,34 @@ def download(names: list[tuple[str, str]], dest: Path, python: PythonSection) ->
         raise BuildError(f"downloading the locked wheels failed: {last[0]}")
 
 
-def gather(lock: Lock, wheelhouses: list[Path], cache: Path, *, allow_download: bool = True) -> list[Wheel]:
-    """One checked wheel per locked package: from the wheelhouses, else downloaded (index packages only)."""
+@dataclass(frozen=True)
+class Gathered:
+    """The checked wheels of a build, and the installer seeds it takes from the base's venv instead."""
+
+    wheels: list[Wheel]
+    seeded: dict[str, str]  # seed name -> why no wheel of it is used ("" when none was found)
+
+
+def gather(lock: Lock, wheelhouses: list[Path], cache: Path, *, allow_download: bool = True) -> Gathered:
+    """One checked wheel per locked package: from the wheelhouses, else downloaded (index packages only).
+
+    Installer seeds (pip, setuptools, wheel) are the exception: when no wheel of the locked build is found (a
+    Linux distribution's venv seeds its own patched pip), the image's venv takes them from the base's
+    `python3 -m venv`, and the build checks there that they are the locked ones.
+    """
     missing_local = []
     to_download = []
+    seeds_to_download = []
     found: dict[str, Path] = {}
+    folders = [*wheelhouses, cache]
+    check_names(wheelhouses)
     for name, package in lock.packages.items():
-        path = find_wheel(name, package.version, [*wheelhouses, cache], lock.python)
+        path = find_wheel(name, package.version, folders, lock.python)
         if path is not None:
             found[name] = path
+        elif name in SEEDS:
+            if package.source == "index":
+                seeds_to_download.append((name, package.version))
         elif package.source != "index":
             missing_local.append(f"{name} ({package.source})")
         else:
@@ -155,19 +256,44 @@ def gather(lock: Lock, wheelhouses: list[Path], cache: Path, *, allow_download: 
             if path is None:
                 raise BuildError(f"the index has no wheel of {name}=={version} for this Python and platform")
             found[name] = path
-    return [check_wheel(name, lock.packages[name], found[name]) for name in sorted(found)]
+    if seeds_to_download and allow_download:
+        try:
+            download(seeds_to_download, cache, lock.python)
+        except BuildError:
+            pass  # then the base's venv seeds them, checked against the lock in the image
+        for name, version in seeds_to_download:
+            path = find_wheel(name, version, [cache], lock.python)
+            if path is not None:
+                found[name] = path
+    wheels = []
+    seeded = {name: "" for name in lock.packages if name in SEEDS and name not in found}
+    for name in sorted(found):
+        if name in SEEDS:
+            why, _ = mismatch(name, lock.packages[name], found[name])
+            if why:
+                seeded[name] = why
+                continue
+        wheels.append(check_wheel(name, lock.packages[name], found[name]))
+    return Gathered(wheels=wheels, seeded=dict(sorted(seeded.items())))
+
+
+def mismatch(name: str, package: Package, path: Path) -> tuple[str, str]:
+    """(why the wheel is not the locked build, its hash or its files, or "" when it is; its sha256)."""
+    sha = file_sha256(path)
+    if package.hashes and f"sha256:{sha}" not in package.hashes:
+        return f"{path.name}: sha256 {sha[:16]}… is not one of the lock's hashes for {name}", sha
+    digest = wheel_files_digest(path, name)  # checks the archive too, when the lock has no digest to compare
+    if package.files and digest != package.files:
+        return (f"{path.name}: its files differ from the installed {name}=={package.version} that was locked "
+                "(another build of the same version?)"), sha
+    return "", sha
 
 
 def check_wheel(name: str, package: Package, path: Path) -> Wheel:
     """The wheel, once its archive hash and installed-files digest match the lock."""
-    sha = file_sha256(path)
-    if package.hashes and f"sha256:{sha}" not in package.hashes:
-        raise BuildError(f"{path.name}: sha256 {sha[:16]}… is not one of the lock's hashes for {name}")
-    if package.files and wheel_files_digest(path) != package.files:
-        raise BuildError(
-            f"{path.name}: its files differ from the installed {name}=={package.version} that was locked "
-            "(another build of the same version?)"
-        )
+    why, sha = mismatch(name, package, path)
+    if why:
+        raise BuildError(why)
     return Wheel(name=name, version=package.version, path=path, sha256=sha)
 
 
