@@ -39,11 +39,16 @@ _LAZY = {"capture": "envlock.api", "check": "envlock.api", "verify": "envlock.ap
          "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet.decide"}
 
 
+#: Optional integrations, submodules imported on first use (`envlock.mlflow.log()` after `import envlock`).
+_SUBMODULES = ("mlflow", "wandb")
+
+
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _LAZY or name in _SUBMODULES:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = importlib.import_module(f"envlock.{name}") if name in _SUBMODULES else getattr(
+            importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'envlock' has no attribute {name!r}")
