@@ -16,7 +16,7 @@ from typing import Any
 
 from envlock.capturing import build_lock
 from envlock.compare import choose_target, compare_locks, flatten_software, flatten_target, modified_findings
-from envlock.deep import check_record
+from envlock.deep import FileCheck, check_files, record_checks
 from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError, FactsError, UsageError
 from envlock.facts import collect_facts
 from envlock.findings import UNSET, Finding, Report, ordered
@@ -37,6 +37,7 @@ from envlock.policy import DEFAULT_RULES, merge_policy, unmatched
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.packages import canonical_name
+from envlock.progress import bar
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
 SLOW_SECTIONS = ("floats.torch", "threads", "blas", "cuda", "numerics")
@@ -59,6 +60,8 @@ class VerifyOptions:
     warn: tuple[str, ...] = ()
     target: str | None = None
     init_cuda: bool = False
+    #: Draw progress on stderr for long work (`--deep`); the CLI sets it for a person at a terminal.
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
         current, errors = _with_probe(lock, current, facts, policy, options.target)
     elif (not recorded or "numerics" not in facts) and "numerics" not in skip:
         skip.append("numerics")
-    modified = modified_files(facts, lock) if options.deep and not recorded else {}
+    modified = modified_files(facts, lock, progress=options.progress) if options.deep and not recorded else {}
     started_by = detect() if not recorded else None
     return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified,
                     skipped_because="not in the recorded facts" if recorded else "--fast",
@@ -242,17 +245,24 @@ def check(path: str | os.PathLike[str] | None = None, **options: Any) -> Report:
     return report
 
 
-def modified_files(facts: Mapping[str, Any], lock: Lock) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Re-hash every installed file of every locked package against its RECORD: package -> (file, what) changed."""
-    out = {}
+def modified_files(facts: Mapping[str, Any], lock: Lock, *,
+                   progress: bool = False) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Re-hash every installed file of every locked package against its RECORD, on every core: package ->
+    (file, what) changed. `progress`: draw a bar on stderr (see envlock.progress)."""
+    checks: list[FileCheck] = []
+    out: dict[str, list[tuple[str, str]]] = {}
     for item in facts.get("packages", []):
         name = canonical_name(str(item.get("name", "")))
         if name not in lock.packages or not str(item.get("metadata_dir", "")).endswith(".dist-info"):
             continue
-        problems = check_record(str(item["location"]), str(item["metadata_dir"]))
+        found, problems = record_checks(name, str(item["location"]), str(item["metadata_dir"]))
+        checks.extend(found)
         if problems:
-            out[name] = tuple(problems)
-    return out
+            out[name] = problems
+    with bar("re-hashing installed files", sum(c.size for c in checks), enabled=progress, unit="B") as advance:
+        for name, problems in check_files(checks, on_bytes=advance).items():
+            out.setdefault(name, []).extend(problems)
+    return {name: tuple(problems) for name, problems in sorted(out.items())}
 
 
 def _as_lock(facts: dict[str, Any], lock: Lock, facts_name: str) -> Lock:

@@ -20,6 +20,7 @@ from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_fil
 from envlock.findings import Report
 from envlock.launcher import detect
 from envlock.lockfile import default_lock_path, load
+from envlock.progress import wanted as progress_wanted
 from envlock.report import (
     render_fleet,
     render_github,
@@ -161,7 +162,7 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
                             facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
-                            init_cuda=True)
+                            init_cuda=True, progress=deep and progress_wanted(quiet=quiet or as_json))
     if distributed:
         if format not in ("text", "json") or output is not None:
             raise UsageError("--distributed prints rank 0's report as text or JSON on stdout: drop --format "
