@@ -11,6 +11,13 @@ from typer.testing import CliRunner
 from envlock.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The RECORD digest cache (envlock.probes.packages.DigestCache) of this test session lives in a folder of its own,
+# never in the user's ~/.cache; subprocesses inherit it.
+if "ENVLOCK_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["ENVLOCK_CACHE_DIR"] = tempfile.mkdtemp(prefix="envlock-test-cache-")
 FIXTURES = ROOT / "fixtures"
 SHARED = ROOT.parent / "shared"
 

@@ -21,7 +21,8 @@ NUMERIC_NOISE = ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "PYTHONHASHSEED", "SOUR
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment, less anything that would pick another lock or change the numerics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVLOCK_") and k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items()
+           if (not k.startswith("ENVLOCK_") or k == "ENVLOCK_CACHE_DIR") and k != "PYTHONPATH"}
     for name in NUMERIC_NOISE:
         env.pop(name, None)
     env.update(extra)

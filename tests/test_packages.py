@@ -588,3 +588,58 @@ def test_both_venvs_on_one_path_report_the_first(two_venvs: dict[str, Any]) -> N
     facts = [fact for fact in collect_packages([site_b, site_a]) if fact["name"] == "tiny-pkg"]
 
     assert [fact["location"] for fact in facts] == [site_b]
+
+
+# --- the RECORD digest cache ----------------------------------------------------------------------------------
+
+
+def _dist(folder: Path, name: str = "cached_pkg", record: str = "cached_pkg/__init__.py,sha256=abc,3\n") -> Path:
+    info = folder / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n\n")
+    (info / "RECORD").write_text(record)
+    return info
+
+
+def test_the_digest_cache_gives_the_same_digests_and_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import envlock.probes.packages as packages
+
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    info = _dist(tmp_path / "site")
+    first = collect_packages([str(tmp_path / "site")])
+    assert first[0]["files"] == record_digest((info / "RECORD").read_text(), info.name)
+    assert list((tmp_path / "cache").glob("record-digests-*.json"))
+
+    def refuse(*_: Any) -> str:
+        raise AssertionError("the cached digest should have been used")
+
+    monkeypatch.setattr(packages, "record_digest", refuse)
+    assert collect_packages([str(tmp_path / "site")]) == first
+
+
+def test_a_rewritten_record_is_digested_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    info = _dist(tmp_path / "site")
+    before = collect_packages([str(tmp_path / "site")])[0]["files"]
+    (info / "RECORD").write_text("cached_pkg/__init__.py,sha256=xyz,3\n")  # same size, new content
+    after = collect_packages([str(tmp_path / "site")])[0]["files"]
+    assert after != before
+    assert after == record_digest((info / "RECORD").read_text(), info.name)
+
+
+def test_a_broken_or_unwritable_cache_only_costs_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(cache))
+    info = _dist(tmp_path / "site")
+    expected = record_digest((info / "RECORD").read_text(), info.name)
+    collect_packages([str(tmp_path / "site")])
+    for file in cache.glob("*.json"):
+        file.write_text('{"version": 1, "entries": {"x": "not a list"}, ')  # truncated JSON
+    assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(blocked))
+    assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
+    off = tmp_path / "off"
+    assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected and not off.exists()

@@ -120,6 +120,71 @@ def iter_dist_dirs(folders: Iterable[str]) -> Iterable[tuple[str, str]]:
                 yield folder, name
 
 
+class DigestCache:
+    """RECORD digests remembered between runs: a digest depends on RECORD's bytes only, so it is kept under RECORD's
+    path and (mtime_ns, ctime_ns, size, inode) — any rewrite of the file changes ctime — and taken again only when
+    one of them moved. The cache is a JSON file in the user's cache folder (`$ENVLOCK_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/envlock`, else `~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns it off. A cache that cannot be
+    read is ignored, one that cannot be written is not written: it only ever saves time."""
+
+    LIMIT = 4 * 1024 * 1024
+
+    def __init__(self, folders: Iterable[str]) -> None:
+        # One file per set of folders looked in (one per venv, in practice), so venvs do not evict each other.
+        name = hashlib.sha256("\0".join(folders).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        self.path = self._location(f"record-digests-{name}.json")
+        self.entries: dict[str, list[Any]] = {}
+        self.changed = False
+        if self.path is None:
+            return
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read(self.LIMIT + 1)
+            data = json.loads(raw) if len(raw) <= self.LIMIT else {}
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and data.get("version") == 1 and isinstance(data.get("entries"), dict):
+            self.entries = data["entries"]
+
+    @staticmethod
+    def _location(name: str) -> str | None:
+        folder = os.environ.get("ENVLOCK_CACHE_DIR")
+        if folder is None:
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+            folder = os.path.join(base, "envlock")
+        return os.path.join(folder, name) if folder else None
+
+    def digest(self, record: str, dist_info: str) -> str:
+        """The digest of the RECORD at `record` (OSError when it cannot be read)."""
+        st = os.stat(record)
+        key = [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
+        known = self.entries.get(record)
+        if isinstance(known, list) and len(known) == 5 and known[:4] == key and isinstance(known[4], str):
+            return known[4]
+        with open(record, encoding="utf-8", errors="replace") as handle:
+            value = record_digest(handle.read(), dist_info)
+        self.entries[record] = [*key, value]
+        self.changed = True
+        return value
+
+    def save(self, seen: set[str]) -> None:
+        """Write the cache back when it changed, keeping only the RECORDs seen in this run's folders."""
+        if self.path is None or not self.changed:
+            return
+        entries = {k: v for k, v in self.entries.items() if k in seen}
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump({"version": 1, "entries": entries}, handle, separators=(",", ":"))
+            os.replace(temporary, self.path)
+        except OSError:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
+
 def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True) -> list[dict[str, Any]]:
     """Raw facts for every distribution visible on `path` (sys.path by default).
 
@@ -129,7 +194,10 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
     """
     seen: dict[str, int] = {}
     out: list[dict[str, Any]] = []
-    for folder, entry in iter_dist_dirs(search_path(path)):
+    folders = search_path(path)
+    cache = DigestCache(folders) if digests else None
+    records: set[str] = set()
+    for folder, entry in iter_dist_dirs(folders):
         full = os.path.join(folder, entry)
         is_dir = os.path.isdir(full)
         meta_file = os.path.join(full, "METADATA" if entry.endswith(".dist-info") else "PKG-INFO") if is_dir else full
@@ -152,10 +220,11 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
                     fact["direct_url"] = json.load(handle)
             except (OSError, ValueError):
                 pass
-            if digests and entry.endswith(".dist-info"):
+            if cache is not None and entry.endswith(".dist-info"):
+                record = os.path.join(full, "RECORD")
+                records.add(record)
                 try:
-                    with open(os.path.join(full, "RECORD"), encoding="utf-8", errors="replace") as handle:
-                        fact["files"] = record_digest(handle.read(), entry)
+                    fact["files"] = cache.digest(record, entry)
                 except OSError:
                     pass
         if key in seen:
@@ -163,6 +232,8 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
         else:
             seen[key] = len(out)
             out.append(fact)
+    if cache is not None:
+        cache.save(records)
     return out
 
 
