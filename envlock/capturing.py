@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from envlock._version import __version__
-from envlock.atomic import write_atomic
+from envlock.atomic import locked, write_atomic
 from envlock.errors import EnvlockError, FactsError, LockError, UsageError
 from envlock.facts import collect_facts
 from envlock.hashes import artifact_hashes
-from envlock.lockfile import dumps, load, parse_toml, read_text, seal
+from envlock.lockfile import check_schema_version, dumps, load, parse_toml, read_text, seal
+from envlock.model import SCHEMA as SCHEMA_GRAMMAR
 from envlock.model import (
     SCHEMA_VERSION,
     Lock,
@@ -32,7 +33,8 @@ from envlock.probes.cpu import parse_cpu
 from envlock.probes.cuda import parse_cuda
 from envlock.probes.floats import parse_floats, parse_threads
 from envlock.probes.gpu import parse_gpu
-from envlock.probes.numerics import MAX_WORK, parse_numerics, shape_work
+from envlock.probes.numerics import MAX_WORK, KernelSpec, parse_numerics, shape_work
+from envlock.probes.numerics.kernels import kernel_cost, over_bound
 from envlock.probes.packages import canonical_name, parse_packages
 from envlock.probes.platform import parse_platform
 from envlock.probes.python import parse_python
@@ -109,24 +111,57 @@ class CaptureResult:
     name_taken: str = ""
 
 
+#: What every refusal to replace an existing file ends with.
+FORCE_HINT = "pass --force to overwrite it, or choose another -o"
+#: The first line of the comment header `envlock capture` writes (lockfile.HEADER).
+HEADER_START = "# envlock lock file"
+
+
 def _previous(path: Path) -> tuple[str | None, Policy | None]:
-    """The old lock's text and its (validated) policy, so a re-capture can keep them."""
-    if not path.exists():
+    """The old lock's text and its (validated) policy, so a re-capture can keep them. Raises LockError, naming
+    --force, for a file that is not recognisably an envlock lock, or one that cannot be read or parsed."""
+    if path.is_dir():
+        raise LockError(str(path), "is a directory, not a lock file; choose another -o")
+    if not os.path.lexists(path):
         return None, None
-    text = read_text(path)
-    data = parse_toml(text, str(path))
+    try:
+        text = read_text(path)
+        data = parse_toml(text, str(path))
+    except LockError as exc:
+        if not os.path.lexists(path):  # removed meanwhile: nothing to keep, nothing to lose
+            return None, None
+        raise LockError(str(path), f"{exc.message}; refusing to overwrite it: {FORCE_HINT}", exc.where) from None
     if not data and not text.strip():
         return None, None
-    if "lock" not in data:
-        # A TOML file that is not a lock (`-o pyproject.toml`) would be silently replaced: refuse.
-        raise LockError(str(path), "is not an envlock lock (no [lock] table); refusing to overwrite it "
-                        "(choose another -o, or use --force)")
+    if not _looks_like_a_lock(text, data):
+        # A TOML file that is not a lock (`-o pyproject.toml`, another tool's `[lock]`) would be silently replaced.
+        why = "no [lock] table" if "lock" not in data else "its [lock] table is not an envlock lock header"
+        raise LockError(str(path), f"is not an envlock lock ({why}); refusing to overwrite it: {FORCE_HINT}")
+    try:
+        check_schema_version(data, str(path))
+    except LockError as exc:
+        raise LockError(str(path), f"{exc.message}; refusing to overwrite it: {FORCE_HINT}", exc.where) from None
     if "policy" not in data:
         return text, None
     try:
         return text, from_dict(Policy, data["policy"], "policy")
     except ModelError as exc:
         raise LockError(str(path), exc.message + " (fix the policy, or re-capture with --force)", exc.where) from None
+
+
+def _looks_like_a_lock(text: str, data: dict[str, Any]) -> bool:
+    """Whether a parsed file is recognisably an envlock lock: a `[lock]` header whose `schema` is an envlock
+    schema version, and either envlock's header comment or the rest of an envlock header (envlock, content_hash)."""
+    header = data.get("lock")
+    if not isinstance(header, dict):
+        return False
+    schema = header.get("schema")
+    if not isinstance(schema, str) or re.fullmatch(SCHEMA_GRAMMAR, schema) is None:
+        return False
+    if text.lstrip("\n").startswith(HEADER_START):
+        return True
+    digest = header.get("content_hash")
+    return isinstance(header.get("envlock"), str) and isinstance(digest, str) and digest.startswith("sha256:")
 
 
 def capture(
@@ -150,6 +185,16 @@ def capture(
     path = Path(output)
     if add_target and force:
         raise UsageError("--add-target adds to an existing lock; it cannot be combined with --force")
+    # The whole read-modify-write runs under the lock file's flock: two captures (`--add-target` from two machines
+    # at once) take turns, and neither loses what the other wrote.
+    with locked(path):
+        return _capture_locked(path, facts=facts, facts_name=facts_name, use_torch=use_torch, force=force,
+                               add_target=add_target, init_cuda=init_cuda, numerics=numerics, hashes=hashes)
+
+
+def _capture_locked(path: Path, *, facts: dict[str, Any] | None, facts_name: str, use_torch: bool, force: bool,
+                    add_target: bool, init_cuda: bool, numerics: bool, hashes: bool) -> CaptureResult:
+    """capture(), with the lock at `path` held by this process."""
     previous, policy = (None, None) if force else _previous(path)
     if add_target and previous is None:
         raise LockError(str(path), "no lock to add a target to (capture one first, without --add-target)")
@@ -159,6 +204,10 @@ def capture(
             if shape_work(shape) > MAX_WORK:
                 raise LockError(str(path), f"probe shape {shape} is too large (m·n·k over {MAX_WORK})",
                                 "policy.probe_shapes")
+            spec = KernelSpec("mm", "torch", "cpu", "float32", shape)
+            too_big = over_bound(spec, kernel_cost(spec))
+            if too_big:  # it would not run, and drop out of the lock without a word
+                raise LockError(str(path), f"probe {too_big}", "policy.probe_shapes")
         facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes)
     unhashed: list[str] = []
     if hashes:

@@ -318,8 +318,11 @@ def test_recapture_over_invalid_policy_exits_2_and_leaves_file(locked: Path, cli
         (b"not = [toml\n", "not valid TOML"),
         (b"\xff\xfe garbage", "not UTF-8 text"),
         (b'[tool.black]\nline-length = 100\n', "is not an envlock lock (no [lock] table)"),
+        (b'[lock]\nversion = 3\npackages = ["a"]\n', "its [lock] table is not an envlock lock header"),
+        (b'[lock]\nschema = "1.0"\n[tool]\nx = 1\n', "its [lock] table is not an envlock lock header"),
+        (b'# envlock lock file\n[lock]\nschema = "9.0"\nenvlock = "9"\n', "schema version 9.0 is not supported"),
     ],
-    ids=["not-toml", "not-utf8", "other-toml-file"],
+    ids=["not-toml", "not-utf8", "other-toml-file", "other-tools-lock", "bare-schema", "future-envlock-lock"],
 )
 def test_capture_refuses_to_overwrite_a_file_that_is_not_a_lock(
     tmp_path: Path, cli: Any, facts_file: Path, content: bytes, expected: str
@@ -333,6 +336,7 @@ def test_capture_refuses_to_overwrite_a_file_that_is_not_a_lock(
     line = one_error_line(result)
     assert line.startswith(f"envlock: error: {path}: ")
     assert expected in line
+    assert line.endswith("refusing to overwrite it: pass --force to overwrite it, or choose another -o")
     assert path.read_bytes() == content
     assert temp_files(tmp_path) == []
 
@@ -340,6 +344,16 @@ def test_capture_refuses_to_overwrite_a_file_that_is_not_a_lock(
     assert forced.exit_code == 0, forced.stderr
     assert load(path)[0].packages
     assert path.read_text(encoding="utf-8").startswith("# envlock lock file")
+
+
+def test_recapture_over_a_lock_without_its_comment_header_needs_no_force(locked: Path, cli: Any,
+                                                                         facts_file: Path) -> None:
+    text = locked.read_text(encoding="utf-8")
+    bare = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("# "))
+    locked.write_text(bare, encoding="utf-8")
+    result = cli("capture", "--facts", str(facts_file), "-o", str(locked))
+    assert result.exit_code == 0, result.stderr
+    load(locked)
 
 
 def test_capture_over_an_empty_file_writes_a_fresh_lock(tmp_path: Path, cli: Any, facts_file: Path) -> None:

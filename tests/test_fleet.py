@@ -377,3 +377,74 @@ def test_plain_env_launch_without_torchrun_rank_0_hosts_the_store(job: dict[str,
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "  ranks 0–1 on host" in outputs[0][0] and outputs[1][0] == ""
+
+
+# --- a launcher environment envlock cannot use --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "abc", "0", "٢٩٥٠٠", " 29500"])
+def test_a_master_port_that_is_no_port_is_one_line_and_exit_2(cli: Any, monkeypatch: pytest.MonkeyPatch,
+                                                              port: str) -> None:
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port)):
+        monkeypatch.setenv(var, value)
+    result = cli("verify", "--distributed", "--timeout", "1", str(H100 / "expected.lock"))
+    assert result.exit_code == 2
+    assert result.stderr == f"envlock: error: MASTER_PORT={port!r} is not a TCP port number (expected 1-65535)\n"
+    assert result.stdout == ""
+
+
+def _dead_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    ("rank", "addr", "extra", "why"),
+    [
+        ("1", "127.0.0.1", {}, "connection refused"),
+        ("0", "127.0.0.1", {"TORCHELASTIC_USE_AGENT_STORE": "True"}, "connection refused"),
+        ("1", "no-such-host.invalid", {}, "cannot resolve MASTER_ADDR='no-such-host.invalid'"),
+        ("0", "no-such-host.invalid", {}, "cannot resolve MASTER_ADDR='no-such-host.invalid'"),
+    ],
+    ids=["dead-port", "dead-agent-store", "unresolvable-worker", "unresolvable-rank-0"],
+)
+def test_an_unreachable_store_is_one_line_and_exit_3_within_the_bound(
+    job: dict[str, Any], rank: str, addr: str, extra: dict[str, str], why: str
+) -> None:
+    port = _dead_port()
+    env = {**job["env"], "RANK": rank, "WORLD_SIZE": "2", "MASTER_ADDR": addr, "MASTER_PORT": str(port), **extra}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "envlock", "verify", "--distributed", "--fast", "--timeout", "2",
+                           str(job["lock"])], env=env, cwd=job["folder"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 3, done.stderr
+    # torch's own C++ logging ("[W socket.cpp...]", each retry) adds nothing: one line says it all.
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"envlock: error: cannot reach the job's store at {addr}:{port} within 2 s: {why}")
+    assert done.stdout == ""
+    assert elapsed < 2 + 20, elapsed  # the bound plus an interpreter's start on a 2-core machine
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_a_port_where_no_store_answers_is_one_line_and_exit_3_within_the_bound(job: dict[str, Any]) -> None:
+    with socket.socket() as listener:  # accepts connections, never speaks the store's protocol
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        env = {**job["env"], "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "envlock", "verify", "--distributed", "--fast", "--timeout",
+                               "2", str(job["lock"])], env=env, cwd=job["folder"], capture_output=True, text=True,
+                              timeout=60, check=False)
+        elapsed = time.monotonic() - started
+    assert done.returncode == 3, done.stderr
+    assert done.stderr == (f"envlock: error: the job's store at 127.0.0.1:{port} did not answer within 2 s (is "
+                           "something other than the job's store listening there?)\n")
+    assert elapsed < 2 + 20, elapsed

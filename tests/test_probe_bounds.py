@@ -146,3 +146,23 @@ def test_a_blocked_core_type_runs_no_kernel(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(TEST_FLAGS_VAR, " ".join(HASWELL_FLAGS))
     raw = collect_numerics({"k": KernelSpec("mm", "torch", "cpu", "float32", "2x2x2")})
     assert raw["kernels"]["k"]["error"].startswith("not run: OPENBLAS_CORETYPE=SkylakeX needs AVX-512")
+
+
+def test_capture_refuses_a_probe_shape_within_the_work_bound_but_over_the_memory_bound(
+        machine_facts: dict[str, Any], tmp_path: Path) -> None:
+    import dataclasses
+
+    from envlock.capturing import build_lock
+    from envlock.lockfile import dumps, seal
+    from tests.helpers import console
+
+    lock = build_lock(machine_facts, created="2024-01-01T00:00:00Z")
+    shaped = dataclasses.replace(lock, policy=dataclasses.replace(lock.policy, probe_shapes=("300000000x1x1",)))
+    path = tmp_path / "envlock.lock"
+    path.write_text(dumps(seal(shaped, envlock_version="0.1.0", created=lock.lock.created)))
+    before = path.read_bytes()
+    done = console("capture", "-o", path, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "policy.probe_shapes" in line and "more than the probe allows" in line
+    assert path.read_bytes() == before

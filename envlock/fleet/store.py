@@ -149,6 +149,18 @@ def check_launcher() -> None:
     if launcher_rank() is None or not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
         raise UsageError("--distributed needs a process group or a launcher environment: run it under torchrun, "
                          "or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (see docs/fleet.md)")
+    master_port()
+
+
+def master_port() -> int:
+    """$MASTER_PORT as a TCP port number (1-65535), or a one-line UsageError naming it."""
+    text = os.environ.get("MASTER_PORT", "")
+    # ASCII digits only: int() would also take " 29500", "+29500", "2_9500" and other scripts' digits.
+    port = int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else -1
+    if not 1 <= port <= 65535:
+        shown = text if len(text) <= 20 else text[:17] + "..."
+        raise UsageError(f"MASTER_PORT={shown!r} is not a TCP port number (expected 1-65535)")
+    return port
 
 
 @contextmanager
@@ -164,11 +176,7 @@ def joined(timeout: float) -> Iterator[tuple[Any, int, int, str]]:
         return
     check_launcher()
     rank, world = launcher_rank() or (0, 1)
-    addr, port_text = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"MASTER_PORT={port_text!r} is not a port number") from None
+    addr, port = os.environ["MASTER_ADDR"], master_port()
     try:
         import torch.distributed as torch_dist
     except ImportError as exc:
@@ -176,12 +184,13 @@ def joined(timeout: float) -> Iterator[tuple[Any, int, int, str]]:
     # torchrun's agent already serves a store at MASTER_ADDR:MASTER_PORT; without it rank 0 serves one, and does not
     # wait for the others to connect (a missing rank must not block the report).
     host_it = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    try:
-        store = torch_dist.TCPStore(  # type: ignore[attr-defined]
+    # Reach the store first, within the bound: TCPStore's own connect retries for up to twice its timeout and logs
+    # every failed attempt from C++, so an unreachable store would take longer than asked and bury the one line.
+    _reach(addr, port, timeout, connect=not host_it)
+    with _quiet_torch_logs():
+        store = _bounded(lambda: torch_dist.TCPStore(  # type: ignore[attr-defined]
             addr, port, world, is_master=host_it, timeout=timedelta(seconds=timeout),
-                                    wait_for_workers=False, multi_tenant=True)
-    except RuntimeError as exc:
-        raise EnvironmentUnavailable(f"cannot reach the job's store at {addr}:{port}: {first_line(exc)}") from None
+            wait_for_workers=False, multi_tenant=True), timeout, f"{addr}:{port}")
     try:
         yield store, rank, world, generation
     finally:
@@ -191,3 +200,82 @@ def joined(timeout: float) -> Iterator[tuple[Any, int, int, str]]:
 def first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
+
+def _reach(addr: str, port: int, timeout: float, *, connect: bool) -> None:
+    """Return once `addr` resolves (and, with `connect`, something accepts on `addr:port`); retried until `timeout`
+    seconds have passed, then EnvironmentUnavailable says what the last attempt met."""
+    import socket  # here, not at the top: `verify --fast` without --distributed never needs it
+
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            if connect:
+                left = max(deadline - time.monotonic(), 0.05)
+                with socket.create_connection((addr, port), timeout=min(left, 5.0)):
+                    return
+            socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+            return
+        except socket.gaierror as exc:
+            why = f"cannot resolve MASTER_ADDR={addr!r} ({exc.strerror or exc})"
+        except OSError as exc:
+            why = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        if time.monotonic() + delay >= deadline:
+            raise EnvironmentUnavailable(f"cannot reach the job's store at {addr}:{port} within {timeout:g} s: {why}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _bounded(connect: Callable[[], Any], timeout: float, where: str) -> Any:
+    """What `connect()` returns, run in a daemon thread and given `timeout` seconds: TCPStore's handshake has no
+    deadline of its own, so a port where something other than a store listens would hang the rank for good."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["store"] = connect()
+        except BaseException as exc:  # handed to the caller's thread, which raises or maps it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="envlock-store-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise EnvironmentUnavailable(f"the job's store at {where} did not answer within {timeout:g} s (is something "
+                                     "other than the job's store listening there?)")
+    error = outcome.get("error")
+    if isinstance(error, RuntimeError):
+        raise EnvironmentUnavailable(f"cannot reach the job's store at {where}: {first_line(error)}") from None
+    if error is not None:
+        raise error
+    return outcome["store"]
+
+
+@contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Send fd 2 to /dev/null while torch's C++ code runs: c10d logs each retry and failure there itself (and
+    TORCH_CPP_LOG_LEVEL is read only when torch loads, usually long before), and envlock says it in one line. Left
+    alone when the user set TORCH_CPP_LOG_LEVEL: they asked to see those logs."""
+    if "TORCH_CPP_LOG_LEVEL" in os.environ:
+        yield
+        return
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2, or a stderr without one
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
