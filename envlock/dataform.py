@@ -56,7 +56,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+#: Lone surrogates: a str can hold them (JSON's `"\ud800"`, undecodable bytes of a path or variable) but no
+#: encoder takes them, so the content hash and every output would fail on one. No grammar lets them through.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _match(pattern: str, value: str) -> bool:
+    if _SURROGATE.search(value) is not None:
+        return False
     compiled = _COMPILED.get(pattern)
     if compiled is None:
         compiled = _COMPILED[pattern] = re.compile(pattern)
@@ -115,6 +122,8 @@ def _convert(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
         if not isinstance(value, str):
             raise ModelError(where, f"expected a string, got {_describe(value)}")
         pattern = meta.get("pattern", SAFE_TEXT)
+        if _SURROGATE.search(value) is not None:
+            raise ModelError(where, f"{_describe(value)} is not valid Unicode text (a lone surrogate)")
         if not _match(pattern, value):
             raise ModelError(where, f"{_describe(value)} is not allowed here (must match {pattern})")
         return value

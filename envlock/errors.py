@@ -6,6 +6,7 @@ one line on stderr and its code (`exit_for`).
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,18 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 3  # the environment cannot be examined or used (NVML broken, daemon down, no store)
     BUILD = 4  # an image build step failed
     INTERRUPTED = 130  # Ctrl-C
+
+
+#: What must never reach a terminal raw from a user's path or value: C0/C1 controls (a newline splits the one
+#: error line, an escape sequence restyles the terminal), line and paragraph separators, bidirectional overrides,
+#: and lone surrogates (undecodable bytes of a path or variable; no stream can encode them).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` on one line: each control character, separator, bidi override and lone surrogate as its Python
+    escape (`\\n`, `\\x1b`, `\\u202e`, `\\udcff`)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class EnvlockError(Exception):
@@ -41,7 +54,7 @@ class LockError(EnvlockError):
         self.file = file
         self.where = where
         self.message = message
-        place = f"{file}: {where}: " if where else f"{file}: "
+        place = f"{printable(file)}: {printable(where)}: " if where else f"{printable(file)}: "
         super().__init__(place + message)
 
 
@@ -78,11 +91,12 @@ class EnvMismatchError(EnvlockError):
 
 
 def exit_for(exc: BaseException) -> tuple[int, str]:
-    """The exit code and the one-line message for an exception that ends a command."""
+    """The exit code and the one-line message for an exception that ends a command (whatever paths or values the
+    message names, it is one printable line: see `printable`)."""
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted"
     if isinstance(exc, EnvlockError):
-        return int(exc.exit_code), str(exc)
+        return int(exc.exit_code), printable(str(exc))
     if isinstance(exc, OSError):  # only output that cannot be written reaches here (see envlock.cli.console)
-        return ExitCode.BAD_INPUT, f"cannot write the output: {exc.strerror or exc}"
+        return ExitCode.BAD_INPUT, printable(f"cannot write the output: {exc.strerror or exc}")
     raise exc

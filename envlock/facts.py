@@ -5,12 +5,14 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import sys
 import threading
 from typing import Any
 
 from envlock._version import __version__
-from envlock.errors import FactsError
+from envlock.errors import EnvlockError, FactsError
+from envlock.lockfile import read_regular
 from envlock.model import ModelError
 from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
 from envlock.probes.cpu import collect_cpu
@@ -25,6 +27,8 @@ from envlock.probes.python import collect_python
 
 FACTS_FORMAT = 1
 MAX_FACTS_BYTES = 64 * 1024 * 1024
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.*+:-]+")
 
 
 def collect_facts(
@@ -70,6 +74,15 @@ def collect_facts(
         loader.join()
     if failure:
         raise failure[0]
+    for var, value in facts["env"].items():
+        if isinstance(value, str) and _SURROGATE.search(value) is not None:
+            # os.environ keeps bytes that are not UTF-8 as lone surrogates; no lock can record such a value.
+            try:
+                shown = value.encode("utf-8", "surrogateescape")[:40]
+            except UnicodeEncodeError:  # a surrogate no byte decoded to: os.environ was set from Python
+                shown = value.encode("utf-8", "backslashreplace")[:40]
+            raise EnvlockError(f"environment variable {var} is not valid UTF-8 text ({shown!r}); "
+                               f"set it to plain text or unset it")
     if not fast or "numpy" in sys.modules or "torch" in sys.modules:
         facts["blas"] = collect_blas(import_modules=False)
     if not use_torch:
@@ -107,16 +120,36 @@ def dumps_facts(facts: dict[str, Any]) -> str:
     return json.dumps(facts, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def not_unicode(value: Any, where: str = "") -> str | None:
+    """The dotted place of the first string (or key) in plain data that holds a lone surrogate (text that is not
+    Unicode: JSON's `"\\ud800"`, or undecodable bytes as os.environ and os.listdir give them), else None."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, place = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                return place
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _SURROGATE.search(key) is not None:
+                    return _place(place, key)
+                stack.append((child, _place(place, str(key))))
+        elif isinstance(item, list):
+            stack.extend((child, f"{place}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _place(where: str, key: str) -> str:
+    shown = key if _PLAIN_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=True)
+    return f"{where}.{shown}" if where else shown
+
+
 def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Facts read from an `envlock facts` dump, with one-line errors for anything unreadable."""
+    """Facts read from an `envlock facts` dump, with one-line errors for anything unreadable (a facts file is
+    untrusted: not a regular file, oversized, not UTF-8 JSON, or text that is not Unicode is refused)."""
     name = str(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_FACTS_BYTES + 1)
-    except FileNotFoundError:
-        raise FactsError(name, "no such facts file (write one with `envlock facts -o FILE`)") from None
-    except OSError as exc:
-        raise FactsError(name, f"cannot read: {exc.strerror}") from None
+    raw = read_regular(path, MAX_FACTS_BYTES, error=FactsError, what="facts file",
+                       missing="no such facts file (write one with `envlock facts -o FILE`)")
     if len(raw) > MAX_FACTS_BYTES:
         raise FactsError(name, "file is too large for a facts dump")
     raw = raw.removeprefix(codecs.BOM_UTF8)  # as Windows tools save UTF-8
@@ -134,8 +167,13 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FactsError(name, f"not a facts dump: not valid JSON ({exc}){hint}") from None
     if not isinstance(facts, dict) or "envlock_facts" not in facts:
         raise FactsError(name, "not an envlock facts dump (no `envlock_facts` key)")
-    if facts["envlock_facts"] != FACTS_FORMAT:
-        raise FactsError(name, f"facts format {facts['envlock_facts']!r} is not supported", "envlock_facts")
+    version = facts["envlock_facts"]
+    if type(version) is not int or version != FACTS_FORMAT:
+        shown = repr(version) if len(repr(version)) <= 40 else repr(version)[:37] + "..."
+        raise FactsError(name, f"facts format {shown} is not supported", "envlock_facts")
+    bad = not_unicode(facts)
+    if bad is not None:
+        raise FactsError(name, "not valid Unicode text (a lone surrogate such as \\ud800)", bad)
     return facts
 
 

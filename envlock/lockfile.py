@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
-from envlock.errors import LockError
+from envlock.errors import LockError, printable
 from envlock.model import SCHEMA as SCHEMA_GRAMMAR
-from envlock.model import SCHEMA_VERSION, Lock, LockHeader, ModelError, from_dict, to_dict
+from envlock.model import SCHEMA_VERSION, Lock, LockHeader, ModelError, check_lock, from_dict, to_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,18 +61,50 @@ def seal(lock: Lock, *, envlock_version: str, created: str) -> Lock:
     return dataclasses.replace(lock, lock=header)
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """The text of a lock file, refusing oversized or non-UTF-8 files with a one-line error."""
+#: What a path that is not a regular file is, by its stat type (for the one-line refusal).
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, *, error: type[LockError] = LockError,
+                 what: str = "lock file", missing: str = "") -> bytes:
+    """Up to `limit` + 1 bytes of the regular file at `path`; anything else (missing, a directory, a FIFO, a
+    device, a socket, a symlink loop, unreadable) is `error` in one line. Never blocks: the file is opened
+    non-blocking and checked with fstat before a byte is read, so a FIFO cannot hang a job at its start."""
     name = str(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_LOCK_BYTES + 1)
+        if "\0" in os.fspath(path):
+            raise error(name, "a path cannot hold a NUL character")
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise LockError(name, "no such lock file (run `envlock capture` to write one)") from None
+        raise error(name, missing or f"no such {what}") from None
     except IsADirectoryError:
-        raise LockError(name, "is a directory, not a lock file") from None
+        raise error(name, f"is a directory, not a {what}") from None
     except OSError as exc:
-        raise LockError(name, f"cannot read: {exc.strerror}") from None
+        raise error(name, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((label for test, label in _KINDS if test(mode)), "a special file")
+            raise error(name, f"is {kind}, not a {what}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
+            return handle.read(limit + 1)
+    except OSError as exc:
+        raise error(name, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The text of a lock file, refusing what is not a regular file, oversized or non-UTF-8 files with a one-line
+    error."""
+    name = str(path)
+    raw = read_regular(path, MAX_LOCK_BYTES, missing="no such lock file (run `envlock capture` to write one)")
     if len(raw) > MAX_LOCK_BYTES:
         raise LockError(name, f"file is larger than {MAX_LOCK_BYTES // (1024 * 1024)} MiB; not a lock file")
     try:
@@ -80,10 +113,29 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise LockError(name, f"not UTF-8 text (byte {exc.start}); not a lock file") from None
 
 
+#: tomllib takes time quadratic in the parts of one dotted key (`a.a.a...= 1`: 10,000 parts take 2 s, a few MB
+#: would take days), so a job start could hang on a small file. A lock's deepest key has 6 parts.
+MAX_KEY_PARTS = 64
+_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\\\n]*"|'[^'\n]*')"""
+#: A dotted key of MAX_KEY_PARTS parts; it starts only where a key can (not inside a part, not after a dot), so the
+#: search stays linear in the text (searched with the blanks around dots taken out first, for the same reason).
+_DEEP_KEY = re.compile(rf"(?<![A-Za-z0-9_.'\"-]){_PART}(?:\.{_PART}){{{MAX_KEY_PARTS - 1}}}")
+_BLANKS = re.compile(r"[ \t]+(\.)?")  # a run of blanks, and the dot after it: never fails, so never rescans
+_DOT_BLANKS = re.compile(r"\.[ \t]+")
+
+
+def _without_blanks_at_dots(text: str) -> str:
+    if " ." in text or "\t." in text:
+        text = _BLANKS.sub(lambda m: "." if m.group(1) else " ", text)
+    return _DOT_BLANKS.sub(".", text)
+
+
 def parse_toml(text: str, name: str) -> dict[str, Any]:
     """Plain data from TOML text, with every parser failure turned into a LockError."""
     if text.startswith("\ufeff"):
         raise LockError(name, "starts with a byte-order mark; save it as plain UTF-8")
+    if _DEEP_KEY.search(_without_blanks_at_dots(text)) is not None:
+        raise LockError(name, f"a dotted key has more than {MAX_KEY_PARTS} parts; not a lock file")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -135,7 +187,7 @@ def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
             name, f"schema version {schema} is not supported (this envlock reads {ours_major}.x)", "lock.schema"
         )
     if int(minor) > int(ours_minor):
-        return [f"{name}: schema {schema} is newer than this envlock's {SCHEMA_VERSION}; upgrade envlock"]
+        return [f"{printable(name)}: schema {schema} is newer than this envlock's {SCHEMA_VERSION}; upgrade envlock"]
     return []
 
 
@@ -145,6 +197,7 @@ def loads(text: str, name: str = "envlock.lock") -> tuple[Lock, list[str]]:
     warnings = check_schema_version(data, name)
     try:
         lock = from_dict(Lock, data)
+        check_lock(lock)
     except ModelError as exc:
         raise LockError(name, exc.message, exc.where) from None
     expected = content_hash(to_dict(lock))

@@ -301,6 +301,46 @@ class Lock:
     policy: Policy = field(default_factory=Policy)
 
 
+def kernel_key(op: str, library: str, device: str, dtype: str, shape: str, threads: int) -> str:
+    """A probe kernel's id from what it runs: `torch-cpu-sum-float32-t1`, `torch-cuda0-mm-float16-64x64x4096`."""
+    suffix = {0: "", 1: "-t1"}.get(threads, f"-t{threads}")
+    return f"{library}-{device.replace(':', '')}-{op}-{dtype}-{shape}{suffix}"
+
+
+def _unique(values: list[Any], where: str, what: str) -> None:
+    seen: set[Any] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ModelError(f"{where}[{i}]", f"{what} {value} is repeated; each must be listed once")
+        seen.add(value)
+
+
+def check_lock(lock: Lock) -> None:
+    """Refuse a lock whose values each fit their grammar but not each other: no target, a GPU count that is not
+    the number of devices listed, a device index (or MIG instance, or BLAS library) listed twice, a probe
+    kernel whose id does not say what it runs. Raises ModelError naming the dotted place."""
+    if not lock.targets:
+        raise ModelError("targets", "a lock needs at least one target; this one has none "
+                         "(re-run `envlock capture`)")
+    for name, target in lock.targets.items():
+        where = f"targets.{name}"
+        gpu = target.gpu
+        if gpu.count != len(gpu.devices):
+            raise ModelError(f"{where}.gpu.count",
+                             f"is {gpu.count} but {len(gpu.devices)} devices are listed; they must agree")
+        _unique([d.index for d in gpu.devices], f"{where}.gpu.devices", "device index")
+        for i, device in enumerate(gpu.devices):
+            _unique([(m.gpu_instance_id, m.compute_instance_id) for m in device.mig_instances],
+                    f"{where}.gpu.devices[{i}].mig_instances", "MIG instance (gpu, compute)")
+        _unique([lib.id for lib in target.blas.libraries], f"{where}.blas.libraries", "library id")
+        if target.numerics is not None:
+            for key, k in target.numerics.kernels.items():
+                wanted = kernel_key(k.op, k.library, k.device, k.dtype, k.shape, k.threads)
+                if key != wanted:
+                    raise ModelError(f"{where}.numerics.kernels.{key}",
+                                     f"kernel id does not match what it runs (its fields make {wanted})")
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a lock, derived from the model."""
     defs: dict[str, Any] = {}

@@ -30,6 +30,7 @@ DEFAULT_RULES: dict[str, tuple[str, str]] = {
     "platform.container_kind": ("ignore", "warn"),
     "cpu.*": ("exact", "warn"),
     "cpu.logical_cores": ("ignore", "warn"),
+    "cpu.usable_cores": ("exact", "error"),
     "blas.*": ("exact", "error"),
     "blas.libraries.*.*": ("exact", "error"),
     "threads.*": ("exact", "error"),

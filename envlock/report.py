@@ -7,6 +7,7 @@ import re
 import textwrap
 from typing import Any
 
+from envlock.errors import printable
 from envlock.findings import ABSENT, UNSET, Report
 from envlock.findings import clip as _clip
 from envlock.fleet.decide import (
@@ -37,7 +38,7 @@ def render_text(report: Report, *, title: str = "verify", quiet: bool = False) -
     causes = report.causes
     if causes and len(causes) != len(report.findings):
         verdict += f" from {_count(len(causes), 'cause')}"
-    lock = f"{report.lock} → {report.other}" if report.other else report.lock
+    lock = f"{printable(report.lock)} → {printable(report.other)}" if report.other else printable(report.lock)
     lines = [f"envlock {title}: {verdict} — {lock}{target}"]
     if len(report.sources) > 1:  # more than the lock's own [policy] applied: say what, in order
         lines.append(f"  policy: {', then '.join(report.sources)}")

@@ -76,16 +76,35 @@ def prepare_job(lock: Path | None, *, fast: bool = False) -> PreparedJob:
     return PreparedJob(report, report.ok or mode != "strict", changes)
 
 
-def exec_job(command: list[str]) -> None:
-    """Replace this process with `command` (its signals and exit code are the job's)."""
+def find_program(command: list[str]) -> str:
+    """The program `command` names, as execv needs it (searched on PATH); a UsageError for a command that
+    cannot be run: none, an empty name, a NUL in any argument, a name not found, a directory."""
     if not command:
         raise UsageError("no command to run: envlock run [--lock LOCK] -- CMD ...")
-    program = shutil.which(command[0]) or command[0]
-    if os.sep not in program and not Path(program).exists():
-        raise UsageError(f"{command[0]}: command not found")
+    name = command[0]
+    if not name.strip():
+        raise UsageError(f"the command to run is an empty name ({name!r}): envlock run [--lock LOCK] -- CMD ...")
+    for i, arg in enumerate(command):
+        if "\0" in arg:
+            raise UsageError(f"{name}: {'the command' if i == 0 else f'argument {i}'} holds a NUL character")
+    program = shutil.which(name) or name
+    try:
+        if os.sep not in program and not Path(program).exists():
+            raise UsageError(f"{name}: command not found")
+        if Path(program).is_dir():
+            raise UsageError(f"{name}: is a directory, not a command")
+    except OSError as exc:  # a name too long for the file system, a loop of symlinks
+        raise UsageError(f"{name}: cannot run: {exc.strerror or exc}") from None
+    return program
+
+
+def exec_job(command: list[str]) -> None:
+    """Replace this process with `command` (its signals and exit code are the job's)."""
+    program = find_program(command)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         os.execv(program, command)
-    except OSError as exc:
-        raise UsageError(f"{command[0]}: cannot run: {exc.strerror}") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"{command[0]}: cannot run: {reason}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from envlock.errors import printable
 from envlock.model import CpuSection, GpuDevice, GpuSection, Lock, MigInstance, NumericsSection, Target
 from envlock.policy import default_policy
 from envlock.probes.nvsmi import VIRTUALIZATION_MODES
@@ -197,7 +198,7 @@ def render_summary(lock: Lock, name: str) -> list[str]:
     source_text = ", ".join(f"{n} {PACKAGE_SOURCES.get(kind, kind)}"
                             for kind, n in sorted(sources.items(), key=lambda item: (-item[1], item[0])))
     lines = [
-        f"{name}: envlock lock, schema {h.schema}, written by envlock {h.envlock} at {h.created}",
+        f"{printable(name)}: envlock lock, schema {h.schema}, written by envlock {h.envlock} at {h.created}",
         f"content      {h.content_hash} (matches the locked facts)",
         f"python       {py.implementation} {py.version} ({py.abi}, {py.platform_tag})",
         f"packages     {len(lock.packages)} ({source_text})" if lock.packages else "packages     none",

@@ -715,3 +715,69 @@ def test_line_breaks_and_terminal_controls_in_free_text_are_refused(
     path = write(tmp_path, sealed(data))
     where = place("targets", name, "platform", "kernel")
     assert "is not allowed here" in refused_at(cli("show", str(path)), path, where)
+
+
+# --- values that fit their grammar but not each other -------------------------------------------------------
+
+
+def _fixture_lock(host: str = "linux-nvidia535-cuda12.1-cascadelake-a100x2mig") -> dict[str, Any]:
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "hosts" / host / "expected.lock"
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _no_targets(data: dict[str, Any]) -> str:
+    data["targets"] = {}
+    return "targets"
+
+
+def _count(data: dict[str, Any]) -> str:
+    data["targets"][target(data)]["gpu"]["count"] = 5
+    return place("targets", target(data), "gpu", "count")
+
+
+def _index(data: dict[str, Any]) -> str:
+    data["targets"][target(data)]["gpu"]["devices"][1]["index"] = 0
+    return place("targets", target(data), "gpu", "devices") + "[1]"
+
+
+def _mig(data: dict[str, Any]) -> str:
+    device = data["targets"][target(data)]["gpu"]["devices"][0]
+    device["mig_instances"] = device["mig_instances"][:1] * 2
+    return place("targets", target(data), "gpu", "devices") + "[0].mig_instances[1]"
+
+
+def _library(data: dict[str, Any]) -> str:
+    blas = data["targets"][target(data)]["blas"]
+    blas["libraries"] = blas["libraries"][:1] * 2
+    return place("targets", target(data), "blas", "libraries") + "[1]"
+
+
+@pytest.mark.parametrize(
+    ("break_it", "says"),
+    [
+        pytest.param(_no_targets, "a lock needs at least one target", id="no-targets"),
+        pytest.param(_count, "is 5 but 2 devices are listed", id="gpu-count"),
+        pytest.param(_index, "device index 0 is repeated", id="device-index"),
+        pytest.param(_mig, "MIG instance (gpu, compute) (2, 0) is repeated", id="mig-instance"),
+        pytest.param(_library, "library id numpy-openblas is repeated", id="blas-library"),
+    ],
+)
+def test_a_lock_whose_parts_disagree_is_refused_where_they_do(
+    cli: Any, tmp_path: Path, break_it: Any, says: str
+) -> None:
+    data = _fixture_lock()
+    where = break_it(data)
+    path = write(tmp_path, sealed(data))
+    for command in (("show", str(path)), ("diff", str(path), str(path)), ("verify", "--fast", str(path))):
+        assert says in refused_at(cli(*command), path, where)
+
+
+def test_a_kernel_whose_id_does_not_say_what_it_runs_is_refused(cli: Any, tmp_path: Path) -> None:
+    data = _fixture_lock("linux-nogpu-nocuda-x86_64_v4-devbox")
+    numerics = data["targets"][target(data)]["numerics"]
+    first = sorted(numerics["kernels"])[0]
+    numerics["kernels"]["torch-cpu-mm-float32-1x1x1"] = numerics["kernels"].pop(first)
+    path = write(tmp_path, sealed(data))
+    where = place("targets", target(data), "numerics", "kernels", "torch-cpu-mm-float32-1x1x1")
+    message = refused_at(cli("show", str(path)), path, where)
+    assert message == f"kernel id does not match what it runs (its fields make {first})"

@@ -521,7 +521,7 @@ def test_format_json_is_json_and_bad_formats_are_refused(devbox: dict[str, Any],
     assert json.loads(as_format) == json.loads(as_flag)
     code, _, err = run(["verify", str(lock), "--format", "yaml"], capsys)
     assert code == 2 and err.strip() == ("envlock: error: --format 'yaml': expected one of text, json, github, "
-                                         "junit, markdown (see envlock verify --help)")
+                                         "junit, markdown, html (see envlock verify --help)")
     code, _, err = run(["verify", str(lock), "--distributed", "--format", "junit"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
 

@@ -32,7 +32,7 @@ from envlock.report import (
     render_text,
 )
 from envlock.report_html import render_html
-from envlock.runner import exec_job, prepare_job
+from envlock.runner import exec_job, find_program, prepare_job
 from envlock.show import render_summary
 from envlock.verifying import VerifyOptions, examine
 from envlock.verifying import diff as diff_locks
@@ -223,6 +223,7 @@ def export(*, lock: PathArg | None, format: str, output: PathArg | None) -> Exit
 
 def run(*, command: list[str], lock: PathArg | None, fast: bool, quiet: bool) -> ExitCode:
     """`envlock run`: apply the lock's env vars, verify, then become the job (MISMATCH when it is not started)."""
+    find_program(command)  # a command that cannot start is refused before the lock is verified
     job = prepare_job(Path(lock) if lock is not None else None, fast=fast)
     if job.changes and not quiet:
         say(f"envlock run: as the lock records: {', '.join(str(c) for c in job.changes)}", err=True)

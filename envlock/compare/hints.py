@@ -134,6 +134,11 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: Context
     if parts[0] == "python":
         return (f"another Python ({parts[1]} {show(actual)}, locked {show(expected)}): run the job with the locked "
                 "interpreter, or re-capture in this one")
+    if path == "cpu.usable_cores":
+        return (f"this process may run on {show(actual)} cores, {show(expected)} at capture (an affinity mask: "
+                "`taskset`, a cgroup cpuset, Slurm's `--cpus-per-task`, or another machine): thread counts that "
+                "are not pinned follow it, and reductions split per thread change bits; pin them with "
+                "`export OMP_NUM_THREADS=N`, or re-capture")
     if parts[0] == "cpu":
         return (f"another CPU ({parts[1]} {show(actual)} here, {show(expected)} at capture): BLAS and ATen may pick "
                 f"other kernels; if this machine is meant to run the job, add it: {ADD_TARGET}")

@@ -12,17 +12,33 @@ from envlock._raw import get
 from envlock.model import EnvVar, Floats, ModelError, ThreadsSection, TorchFloats
 from envlock.probes.coretype import blocked_coretype
 
-#: Environment variables that change numerical results or the kernels chosen.
+#: Environment variables that change numerical results or the kernels chosen: the BLAS and OpenMP thread counts
+#: and kernel choices (OpenBLAS's core type and L2 blocking size, MKL's conditional reproducibility, Intel OpenMP's
+#: deterministic reductions), oneDNN's and ATen's instruction-set caps, cuBLAS's and torch's TF32 switches, NCCL's
+#: algorithm, protocol and channel choices (they change the order of an all-reduce), and the batch-invariance
+#: switch of vLLM.
 NUMERIC_ENV_VARS = (
+    "ATEN_CPU_CAPABILITY",
     "CUBLAS_WORKSPACE_CONFIG",
+    "DNNL_MAX_CPU_ISA",
+    "KMP_DETERMINISTIC_REDUCTION",
     "MKL_CBWR",
     "MKL_NUM_THREADS",
+    "NCCL_ALGO",
+    "NCCL_COLLNET_ENABLE",
+    "NCCL_MAX_NCHANNELS",
+    "NCCL_MIN_NCHANNELS",
+    "NCCL_NVLS_ENABLE",
+    "NCCL_PROTO",
     "NVIDIA_TF32_OVERRIDE",
     "OMP_NUM_THREADS",
+    "ONEDNN_MAX_CPU_ISA",
     "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
     "OPENBLAS_NUM_THREADS",
     "PYTHONHASHSEED",
     "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+    "VLLM_BATCH_INVARIANT",
 )
 
 # Lock field -> how to read it from torch. Missing attributes (older torch) are skipped.

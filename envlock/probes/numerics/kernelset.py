@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from envlock.model import kernel_key
 from envlock.probes.coretype import blocked_coretype
 from envlock.probes.numerics.inputs import GENERATOR, SUM_BLOCK, SUM_TILES, clear_inputs
 from envlock.probes.numerics.kernels import (
@@ -23,10 +24,9 @@ PROBE_VERSION = "envlock-probe-1"
 
 
 def kernel_id(spec: KernelSpec) -> str:
-    """A stable, readable key: `torch-cpu-sum-float32-t1`, `torch-cuda0-mm-float16-64x64x4096`."""
-    device = spec.device.replace(":", "")
-    threads = {0: "", 1: "-t1"}.get(spec.threads, f"-t{spec.threads}")
-    return f"{spec.library}-{device}-{spec.op}-{spec.dtype}-{spec.shape}{threads}"
+    """A stable, readable key: `torch-cpu-sum-float32-t1`, `torch-cuda0-mm-float16-64x64x4096` (the lock model's
+    rule, which loading checks every kernel against)."""
+    return kernel_key(spec.op, spec.library, spec.device, spec.dtype, spec.shape, spec.threads)
 
 
 def default_kernels(*, numpy: bool, torch: bool, cuda_devices: int = 0,
