@@ -345,3 +345,46 @@ def test_add_target_killed_at_random_moments_leaves_the_old_lock_or_the_whole_ne
     assert done.returncode == 0, done.stderr
     assert all(name.startswith(".envlock.lock.") for name in temp_files(tmp_path))
     assert len(load(lock)[0].targets) == expected + (done.stdout.find("added target") >= 0)
+
+
+# --- an engine that stops in the middle of a build -------------------------------------------------------------
+
+
+class _StoppingApi:
+    """A docker API whose build stream gives two steps, then loses the engine (or just ends)."""
+
+    def __init__(self, failure: BaseException | None) -> None:
+        self.failure = failure
+
+    def build(self, **_: Any) -> Any:
+        def stream() -> Any:
+            yield {"stream": "Step 1/9 : FROM base\n"}
+            yield {"stream": "Step 2/9 : COPY wheels/ /opt/envlock-build/wheels/\n"}
+            if self.failure is not None:
+                raise self.failure
+
+        return stream()
+
+
+class _StoppingClient:
+    def __init__(self, failure: BaseException | None) -> None:
+        self.api = _StoppingApi(failure)
+
+
+@pytest.mark.parametrize(("failure", "code", "words"), [
+    (ConnectionResetError(104, "Connection reset by peer"), 3, "lost the Docker Engine during the build"),
+    (None, 4, "the build stream ended without an image ID (last step: step 2/9 (COPY wheels/"),
+])
+def test_an_engine_that_stops_mid_build_is_one_line(failure: BaseException | None, code: int, words: str) -> None:
+    import io as io_module
+
+    pytest.importorskip("docker")
+    from envlock.build.engine import build_image
+    from envlock.errors import exit_for
+
+    shown: list[str] = []
+    with pytest.raises(Exception) as info:
+        build_image(_StoppingClient(failure), io_module.BytesIO(b""), {}, shown.append)
+    exit_code, message = exit_for(info.value)
+    assert exit_code == code and words in message and "\n" not in message
+    assert any("Step 2/9" in line for line in shown)  # the progress so far was shown

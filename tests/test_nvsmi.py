@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from envlock.model import ModelError
 from envlock.probes.gpu import parse_gpu
@@ -475,3 +477,25 @@ def test_old_driver_status_words_are_unknown(word: str) -> None:
     facts = parse_nvidia_smi_xml(_report(f"<serial>{word}</serial><fb_memory_usage><total>{word}</total>"
                                          f"</fb_memory_usage>", f"<cuda_version>{word}</cuda_version>"))
     assert "cuda_driver" not in facts and not {"serial", "memory_mib"} & set(facts["devices"][0])
+
+
+# --- property-based fuzz: any report envlock is handed is data or one refusal, never a crash --------------------
+
+_FUZZ_BASE = (Path(__file__).resolve().parent.parent / "fixtures" / "nvidia-smi" / "a100-sxm4-80gb-mig-2gpu.xml"
+              ).read_text(encoding="utf-8")
+_WORDS = st.sampled_from(["N/A", "Not Found", "[Not Supported]", "None", "", "-1", "99999999999999999999", "١٢",
+                          "\u202e", "\x00", "&amp;", "<x/>", "<!ENTITY a 'b'>", "]]>", "9.0.0.0.0", "Enabled"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(_FUZZ_BASE)), st.integers(0, 40), _WORDS | st.text(max_size=12)),
+                max_size=6))
+def test_a_mangled_report_is_data_or_one_refusal(edits: list[tuple[int, int, str]]) -> None:
+    text = _FUZZ_BASE
+    for at, cut, word in edits:
+        text = text[:at] + word + text[at + cut:]
+    try:
+        facts = parse_nvidia_smi_xml(text, "report.xml")
+        parse_gpu(facts)
+    except ModelError as exc:
+        assert "\n" not in str(exc).strip()
