@@ -308,7 +308,7 @@ def test_in_a_slurm_task_a_changed_core_count_names_cpus_per_task(devbox: dict[s
     (finding,) = [f for f in report.findings if f.path == "cpu.usable_cores"]
     assert "this is a Slurm task" in finding.hint and "`--cpus-per-task`" in finding.hint
     plain = evaluate(lock, Observed(current=now, skipped=("numerics",)), lock.policy)
-    assert "Slurm" not in next(f.hint for f in plain.findings if f.path == "cpu.usable_cores")
+    assert "this is a Slurm task" not in next(f.hint for f in plain.findings if f.path == "cpu.usable_cores")
 
 
 def test_capture_under_torchrun_writes_on_rank_0_only(tmp_path: Path) -> None:

@@ -207,17 +207,21 @@ def test_packages_env_and_policy_in_words() -> None:
     lock, _ = load(DEVBOX / "expected.lock")
     lines = _shown(lock)
     assert _line(lines, "packages ") == "packages     51 (50 from an index, 1 editable)"
-    assert _line(lines, "env ") == "env          none of the 9 variables that change numbers is set"
-    assert _line(lines, "policy ") == ("policy       42 rules (the defaults); a missing package is an error, "
-                                       "an extra one a warning")
+    from envlock.policy import DEFAULT_RULES
+    from envlock.probes.floats import NUMERIC_ENV_VARS
+
+    variables = len(NUMERIC_ENV_VARS)
+    assert _line(lines, "env ") == f"env          none of the {variables} variables that change numbers is set"
+    assert _line(lines, "policy ") == (f"policy       {len(DEFAULT_RULES)} rules (the defaults); a missing package is "
+                                       "an error, an extra one a warning")
     rules = dict(lock.policy.rules)
     removed = sorted(rules)[0]
     del rules[removed]
     lock = dataclasses.replace(lock, packages={}, policy=Policy(missing_packages="warn", rules=rules))
     lines = _shown(lock)
     assert _line(lines, "packages ") == "packages     none"
-    assert _line(lines, "policy ") == (f"policy       41 rules (removed: {removed}); a missing package is a warning, "
-                                       "an extra one a warning")
+    assert _line(lines, "policy ") == (f"policy       {len(DEFAULT_RULES) - 1} rules (removed: {removed}); "
+                                       "a missing package is a warning, an extra one a warning")
 
 
 def test_show_prints_the_summary(cli: Any) -> None:

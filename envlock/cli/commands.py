@@ -156,8 +156,9 @@ def show(*, lock: PathArg | None) -> ExitCode:
 
 
 def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts: Sequence[PathArg],
-           ignore: Sequence[str], warn: Sequence[str], target: str | None, quiet: bool, strict: bool,
-           distributed: bool, timeout: float | None, format: str = "text", output: PathArg | None = None) -> int:
+           ignore: Sequence[str], warn: Sequence[str], target: str | None, format: str = "text",
+           output: PathArg | None = None, quiet: bool, strict: bool, distributed: bool,
+           timeout: float | None) -> int:
     """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed, the fleet's code)."""
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
@@ -196,8 +197,8 @@ def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: floa
     return int(report.exit_code)
 
 
-def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, strict: bool, format: str = "text",
-         output: PathArg | None = None) -> ExitCode:
+def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, format: str = "text", output: PathArg | None = None,
+         strict: bool) -> ExitCode:
     """`envlock diff`: the report; MISMATCH when the locks differ in an error-severity field."""
     report = diff_locks(lock_a, lock_b)
     sides = [(str(p), render_summary(load(p)[0], str(p))) for p in (lock_a, lock_b)] if format == "html" else []

@@ -96,8 +96,10 @@ def exchange(store: Store, rank: int, world_size: int, payload: bytes, timeout: 
             return Exchanged(code=int(ExitCode.UNAVAILABLE), line=f"no verdict from rank 0 within {2 * timeout:g} s",
                              severity="error", got_verdict=False)
         raw = json.loads(store.get(verdict_key).decode("utf-8"))
-        store.add(f"{prefix}/ack", 1)
         store.delete_key(mine)
+        # The ack is this rank's last word to the store: once every rank has acked, rank 0 may return and close a
+        # store it hosts, so nothing may come after it.
+        store.add(f"{prefix}/ack", 1)
         return Exchanged(code=int(raw["c"]), line=str(raw["l"]), severity=str(raw.get("s", "")))
     deadline = time.monotonic() + timeout
     arrived = _poll(lambda: store.add(f"{prefix}/arrived", 0), world_size, deadline)
