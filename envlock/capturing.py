@@ -78,7 +78,7 @@ def build_lock(facts: dict[str, Any], *, policy: Policy | None = None, created: 
         lock=LockHeader(schema=SCHEMA_VERSION, envlock=__version__, created=created or created_now(),
                         content_hash=PLACEHOLDER_HASH),
         python=parse_python(facts.get("python")),
-        floats=parse_floats(facts.get("env", {}), torch),
+        floats=parse_floats(facts.get("env", {}), torch, policy.extra_env if policy is not None else ()),
         targets={target_name(target): target},
         packages=parse_packages(facts.get("packages")),
         cuda=parse_cuda(facts.get("cuda")),
@@ -208,7 +208,8 @@ def _capture_locked(path: Path, *, facts: dict[str, Any] | None, facts_name: str
             too_big = over_bound(spec, kernel_cost(spec))
             if too_big:  # it would not run, and drop out of the lock without a word
                 raise LockError(str(path), f"probe {too_big}", "policy.probe_shapes")
-        facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes)
+        facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes,
+                              extra_env=policy.extra_env if policy is not None else ())
     unhashed: list[str] = []
     if hashes:
         facts, unhashed = with_artifact_hashes(facts)

@@ -38,6 +38,7 @@ def collect_facts(
     init_cuda: bool = False,
     numerics: bool = False,
     probe_shapes: tuple[str, ...] = (),
+    extra_env: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read this machine and process.
 
@@ -67,7 +68,7 @@ def collect_facts(
         "packages": collect_packages(),
         "platform": collect_platform(),
         "cpu": collect_cpu(),
-        "env": collect_env(),
+        "env": collect_env(extra_env),
         "gpu": collect_gpu(subprocess=not fast, init_cuda=init_cuda),
     }
     if modules:

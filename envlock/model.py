@@ -71,6 +71,9 @@ class Policy:
     missing_packages: PackageRule = "error"
     extra_packages: PackageRule = "warn"
     probe_shapes: tuple[str, ...] = grammar(SHAPE, default=())
+    #: Environment variables of the user's own to record and check like the built-in ones (the next capture
+    #: records them, locked and hashed; verify, `--fast` included, compares them).
+    extra_env: tuple[str, ...] = grammar(ENV_NAME, default=())
     rules: dict[str, Rule] = keyed(POLICY_KEY, default_factory=dict)
 
 

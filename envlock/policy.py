@@ -159,6 +159,9 @@ def merge_policy(
     missing, extra = base.missing_packages, base.extra_packages
     if project is not None:
         file, section = project
+        if "extra_env" in section:
+            raise LockError(file, "extra_env belongs in the lock's [policy], where the next capture records those "
+                            "variables", "tool.envlock.extra_env")
         try:
             extra_policy = from_dict(Policy, dict(section), "tool.envlock")
         except ModelError as exc:

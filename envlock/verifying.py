@@ -91,7 +91,7 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
     """Read this machine and process (or take the recorded facts) as the lock needs them; all of verify's I/O."""
     recorded = options.facts is not None
     if options.facts is None:
-        facts = collect_facts(fast=options.fast, init_cuda=options.init_cuda)
+        facts = collect_facts(fast=options.fast, init_cuda=options.init_cuda, extra_env=lock.policy.extra_env)
         broken = nvml_unavailable(facts.get("gpu"))
         if broken and any(t.gpu.count for t in lock.targets.values()):
             raise EnvironmentUnavailable(f"the lock needs a GPU and the GPUs cannot be examined: {broken}")

@@ -536,3 +536,37 @@ def test_markdown_diff_is_a_table_grouped_by_cause(devbox: dict[str, Any], tmp_p
     assert lines[0].startswith("**envlock diff: MISMATCH") and "| cause | severity | path | A | B |" in lines
     assert "| **OMP_NUM_THREADS is 4 in B, unset in A** | error | `floats.env.OMP_NUM_THREADS` | (unset) | 4 |" in lines
     assert any("a\\|b" in line for line in lines)  # a pipe in a value does not break the table
+
+
+# --- extra_env: the user's own variables ----------------------------------------------------------------------
+
+
+def test_extra_env_in_the_policy_is_recorded_by_the_next_capture_and_checked_by_fast(tmp_path: Path) -> None:
+    env = clean_env()
+    env.pop("MY_SEED", None)
+
+    def envlock_cmd(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ENVLOCK), *args], cwd=tmp_path, env={**env, **extra}, capture_output=True,
+                              text=True, check=False)
+
+    assert envlock_cmd("capture", "--no-numerics", "--no-torch").returncode == 0
+    lock = tmp_path / "envlock.lock"
+    lock.write_text(lock.read_text().replace("[policy]\n", '[policy]\nextra_env = ["MY_SEED"]\n', 1))
+    before = envlock_cmd("verify", "--fast", MY_SEED="7")
+    assert before.returncode == 1 and "error: MY_SEED is 7, was (absent)" in before.stdout
+    assert "a new `extra_env` in [policy]" in " ".join(before.stdout.split())
+    assert envlock_cmd("capture", "--no-numerics", "--no-torch", MY_SEED="7").returncode == 0
+    assert 'MY_SEED = {set = true, value = "7"}' in lock.read_text()
+    assert envlock_cmd("verify", "--fast", MY_SEED="7").returncode == 0
+    moved = envlock_cmd("verify", "--fast", MY_SEED="8")
+    assert moved.returncode == 1 and "error: MY_SEED is 8, was 7" in moved.stdout
+
+
+def test_extra_env_belongs_in_the_lock_not_in_pyproject(devbox: dict[str, Any], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = write_lock(devbox, tmp_path / "envlock.lock")
+    (tmp_path / "pyproject.toml").write_text('[tool.envlock]\nextra_env = ["MY_SEED"]\n')
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["verify", str(lock), "--facts", str(write_facts(devbox, tmp_path / "now.json"))], capsys)
+    assert code == 2 and "extra_env belongs in the lock's [policy]" in err

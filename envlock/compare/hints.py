@@ -155,8 +155,8 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: Context
 
 def _env_hint(name: str, expected: Any, actual: Any) -> str:
     if expected is None:
-        return (f"{name} is {env_state(actual)} here and the lock does not record it (captured by an older envlock?): "
-                "re-capture to lock it")
+        return (f"{name} is {env_state(actual)} here and the lock does not record it yet (a new `extra_env` in "
+                "[policy], or a lock of an older envlock): re-capture to lock it")
     if not is_set(expected):
         return f"{name} was unset at capture and is {actual} now: {code(f'unset {name}')}, or re-capture if intended"
     return f"{name} was {expected} at capture and is {env_state(actual)} now: {export(name, expected)}, or re-capture"

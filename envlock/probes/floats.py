@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from envlock._raw import get
@@ -70,10 +70,15 @@ TORCH_PARENTS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def collect_env() -> dict[str, str]:
+def tracked_env(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The variables a lock records: the built-in ones, then the policy's `extra_env` (each once)."""
+    return tuple(dict.fromkeys((*NUMERIC_ENV_VARS, *extra)))
+
+
+def collect_env(extra: Iterable[str] = ()) -> dict[str, str]:
     """The numerics-relevant environment variables that are set, with their values (empty counts as unset,
-    as it does for Python, OpenMP and the BLAS libraries)."""
-    return {name: os.environ[name] for name in NUMERIC_ENV_VARS if os.environ.get(name)}
+    as it does for Python, OpenMP and the BLAS libraries); `extra`: the policy's own variables."""
+    return {name: os.environ[name] for name in tracked_env(extra) if os.environ.get(name)}
 
 
 def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
@@ -100,12 +105,13 @@ def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
     return raw
 
 
-def parse_floats(env: Any, torch: Any) -> Floats:
-    """The `[floats]` section from raw facts: every numeric env var set or unset, and torch's flags."""
+def parse_floats(env: Any, torch: Any, extra: Iterable[str] = ()) -> Floats:
+    """The `[floats]` section from raw facts: every numeric env var (and the policy's `extra` ones) set or unset,
+    and torch's flags."""
     if not isinstance(env, dict):
         raise ModelError("env", "expected an object")
     variables = {}
-    for name in NUMERIC_ENV_VARS:
+    for name in tracked_env(extra):
         value = get(env, name, str, "env", None)
         variables[name] = EnvVar(set=value is not None, value=value or "")
     torch_floats = None
