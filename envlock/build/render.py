@@ -51,10 +51,10 @@ def render_requirements(requirements: list[Requirement]) -> str:
 
 
 def lock_env(env: dict[str, tuple[bool, str]], lock_name: str) -> list[tuple[str, str]]:
-    """The numerics env vars to set in the image: the list envlock knows, then the lock's own (`extra_env`: names
-    of the lock model's grammar), values of a closed grammar."""
+    """The numerics env vars to set in the image: the fixed list envlock knows, values of a closed grammar. A lock's
+    own `extra_env` is never set: a lock is untrusted, and a name such as LD_PRELOAD must not reach an image."""
     out = []
-    for name in (*NUMERIC_ENV_VARS, *sorted(set(env) - set(NUMERIC_ENV_VARS))):
+    for name in NUMERIC_ENV_VARS:
         is_set, value = env.get(name, (False, ""))
         if not is_set:
             continue
