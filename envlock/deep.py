@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 CHUNK = 4 << 20
@@ -71,6 +70,9 @@ def _verdict(check: FileCheck) -> str:
 def check_files(checks: Iterable[FileCheck], *, workers: int | None = None,
                 on_bytes: Callable[[int], None] | None = None) -> dict[str, list[tuple[str, str]]]:
     """package -> (file, what) for every file that no longer matches, hashing on `workers` threads."""
+    # Imported here: `verify --fast`, which never re-hashes, loads this module at job start.
+    from concurrent.futures import ThreadPoolExecutor
+
     ordered = sorted(checks, key=lambda c: -c.size)  # the big files first, so no thread is left with one at the end
     out: dict[str, list[tuple[str, str]]] = {}
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
