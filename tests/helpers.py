@@ -82,3 +82,27 @@ def openblas_architecture(lock: Path) -> str:
     (target,) = loaded.targets.values()
     found = [lib.architecture for lib in target.blas.libraries if lib.id == "numpy-openblas"]
     return found[0] if found else ""
+
+
+def at_a_terminal(argv: list[str], cwd: Path, *, stream: str = "stdout", **env: str) -> tuple[int, str, str]:
+    """Run `argv` with one stream (`stdout` or `stderr`) on a pseudo-terminal and the other piped: (exit code,
+    what the terminal showed, what the pipe got)."""
+    import pty
+
+    main, child = pty.openpty()
+    done = subprocess.Popen(argv, cwd=cwd, text=True, env=clean_env(TERM="xterm-256color", COLUMNS="100", **env),
+                            stdout=child if stream == "stdout" else subprocess.PIPE,
+                            stderr=child if stream == "stderr" else subprocess.PIPE)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed its side
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    out, err = done.communicate(timeout=300)
+    return done.returncode, b"".join(chunks).decode("utf-8", "replace"), (err if stream == "stdout" else out) or ""

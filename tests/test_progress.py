@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import pty
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from envlock.progress import bar, wanted
-from tests.helpers import ENVLOCK, clean_env
-
-
-def _stderr_at_a_terminal(argv: list[str], cwd: Path) -> tuple[int, str]:
-    main, child = pty.openpty()
-    done = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=child, cwd=cwd,
-                            env=clean_env(TERM="xterm-256color", COLUMNS="100"))
-    os.close(child)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(main)
-    return done.wait(timeout=300), b"".join(chunks).decode("utf-8", "replace")
+from tests.helpers import ENVLOCK, at_a_terminal, clean_env
 
 
 @pytest.mark.slow
 def test_verify_deep_shows_progress_at_a_terminal_only(console_lock: Path, tmp_path: Path) -> None:
     argv = [str(ENVLOCK), "verify", "--deep", "--fast", str(console_lock)]
-    code, shown = _stderr_at_a_terminal(argv, tmp_path)
+    code, shown, _ = at_a_terminal(argv, tmp_path, stream="stderr")
     assert code in (0, 1)
     assert "re-hashing installed files" in shown
     piped = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=False)
     assert "re-hashing" not in piped.stderr
-    code, quiet = _stderr_at_a_terminal([*argv, "-q"], tmp_path)
+    _, quiet, _ = at_a_terminal([*argv, "-q"], tmp_path, stream="stderr")
     assert "re-hashing" not in quiet
 
 

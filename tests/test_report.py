@@ -23,7 +23,7 @@ from envlock.model import Policy
 from envlock.policy import check_pattern, merge_policy, rule_for, subsumes
 from envlock.report import render_fleet, render_json, render_text, wrap_hint
 from envlock.verifying import Observed, evaluate
-from tests.helpers import ENVLOCK, clean_env, write_facts, write_lock
+from tests.helpers import ENVLOCK, at_a_terminal, clean_env, write_facts, write_lock
 
 HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
 DEVBOX = HOSTS / "linux-nogpu-nocuda-x86_64_v4-devbox" / "facts.json"
@@ -379,47 +379,25 @@ def test_print_of_the_api_report_is_the_text_report(machine_facts: dict[str, Any
 # --- a terminal gets styles, a pipe plain text; a clean verify never loads rich --------------------------------
 
 
-def _at_a_terminal(argv: list[str], tmp_path: Path, **env: str) -> tuple[int, str, str]:
-    import os
-    import pty
-
-    main, child = pty.openpty()
-    done = subprocess.Popen(argv, stdout=child, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env=clean_env(TERM="xterm-256color", **env))
-    os.close(child)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # the child closed its side
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(main)
-    _, err = done.communicate(timeout=120)
-    return done.returncode, b"".join(chunks).decode("utf-8", "replace"), err
-
-
 @pytest.mark.slow
 def test_a_terminal_gets_the_report_in_colour_and_a_pipe_gets_plain_text(devbox: dict[str, Any],
                                                                          tmp_path: Path) -> None:
     lock = write_lock(devbox, tmp_path / "envlock.lock")
     facts = write_facts(with_env(devbox, OMP_NUM_THREADS="1"), tmp_path / "now.json")
     argv = [str(ENVLOCK), "verify", str(lock), "--facts", str(facts)]
-    code, shown, _ = _at_a_terminal(argv, tmp_path)
+    code, shown, _ = at_a_terminal(argv, tmp_path)
     assert code == 1
     assert "\x1b[" in shown and "OMP_NUM_THREADS is 1, was unset" in shown
     piped = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=clean_env(), check=False)
     assert piped.returncode == 1 and "\x1b[" not in piped.stdout
     assert "  error: OMP_NUM_THREADS is 1, was unset" in piped.stdout.splitlines()
-    _, plain, _ = _at_a_terminal(argv, tmp_path, NO_COLOR="1")
+    _, plain, _ = at_a_terminal(argv, tmp_path, NO_COLOR="1")
     assert "\x1b[" not in plain
 
 
 @pytest.mark.slow
 def test_a_clean_fast_verify_at_a_terminal_does_not_import_rich(console_lock: Path, tmp_path: Path) -> None:
-    code, shown, err = _at_a_terminal([str(ENVLOCK), "verify", "--fast", str(console_lock)], tmp_path,
+    code, shown, err = at_a_terminal([str(ENVLOCK), "verify", "--fast", str(console_lock)], tmp_path,
                                       PYTHONPROFILEIMPORTTIME="1")
     assert code == 0, shown + err
     assert shown.startswith("envlock verify: OK")
