@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import typing
+from collections.abc import Mapping
 from dataclasses import field
 from typing import Any, Literal, Union
 
@@ -98,27 +99,35 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
-def _convert(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
-    _optional, tp = _is_optional(tp)
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)  # type: ignore[arg-type]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if not isinstance(value, str) or value not in choices:
-            raise ModelError(where, f"expected one of {', '.join(repr(c) for c in choices)}, got {_describe(value)}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ModelError(where, f"expected a boolean, got {_describe(value)}")
-        return value
-    if tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ModelError(where, f"expected an integer, got {_describe(value)}")
-        if not 0 <= value <= 2**53:
-            raise ModelError(where, f"integer {value} is out of range")
-        return value
-    if tp is str:
+#: How a field type is loaded, worked out once per type: (kind, what the kind needs).
+_KINDS: dict[Any, tuple[str, Any]] = {}
+
+
+def _kind(tp: Any) -> tuple[str, Any]:
+    known = _KINDS.get(tp)
+    if known is not None:
+        return known
+    _optional, inner = _is_optional(tp)
+    origin = typing.get_origin(inner)
+    if dataclasses.is_dataclass(inner):
+        kind: tuple[str, Any] = ("model", inner)
+    elif origin is Literal:
+        kind = ("choice", typing.get_args(inner))
+    elif inner is bool or inner is int or inner is str:
+        kind = (inner.__name__, None)
+    elif origin is tuple:
+        kind = ("tuple", typing.get_args(inner)[0])
+    elif origin is dict:
+        kind = ("dict", typing.get_args(inner)[1])
+    else:
+        raise TypeError(f"unsupported field type {inner!r}")  # a model bug, not user input
+    _KINDS[tp] = kind
+    return kind
+
+
+def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
+    kind, arg = _kind(tp)
+    if kind == "str":
         if not isinstance(value, str):
             raise ModelError(where, f"expected a string, got {_describe(value)}")
         pattern = meta.get("pattern", SAFE_TEXT)
@@ -127,65 +136,105 @@ def _convert(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
         if not _match(pattern, value):
             raise ModelError(where, f"{_describe(value)} is not allowed here (must match {pattern})")
         return value
-    if origin is tuple:
-        item_tp = typing.get_args(tp)[0]
+    if kind == "model":
+        return from_dict(arg, value, where)
+    if kind == "choice":
+        if not isinstance(value, str) or value not in arg:
+            raise ModelError(where, f"expected one of {', '.join(repr(c) for c in arg)}, got {_describe(value)}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ModelError(where, f"expected a boolean, got {_describe(value)}")
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ModelError(where, f"expected an integer, got {_describe(value)}")
+        if not 0 <= value <= 2**53:
+            raise ModelError(where, f"integer {value} is out of range")
+        return value
+    if kind == "tuple":
         if not isinstance(value, list):
             raise ModelError(where, f"expected an array, got {_describe(value)}")
-        return tuple(_convert(item_tp, item, f"{where}[{i}]", meta) for i, item in enumerate(value))
-    if origin is dict:
-        item_tp = typing.get_args(tp)[1]
-        if not isinstance(value, dict):
-            raise ModelError(where, f"expected a table, got {_describe(value)}")
-        key_pattern = meta.get("key_pattern", SAFE_TEXT)
-        out = {}
-        for key, item in value.items():
-            if not _match(key_pattern, key):
-                raise ModelError(_join(where, key), f"key {key!r} is not allowed here (must match {key_pattern})")
-            out[key] = _convert(item_tp, item, _join(where, key), {})
-        return out
-    raise TypeError(f"unsupported field type {tp!r}")  # a model bug, not user input
+        return tuple(_convert(arg, item, f"{where}[{i}]", meta) for i, item in enumerate(value))
+    # kind == "dict"
+    if not isinstance(value, dict):
+        raise ModelError(where, f"expected a table, got {_describe(value)}")
+    key_pattern = meta.get("key_pattern", SAFE_TEXT)
+    out = {}
+    for key, item in value.items():
+        if not _match(key_pattern, key):
+            raise ModelError(_join(where, key), f"key {key!r} is not allowed here (must match {key_pattern})")
+        out[key] = _convert(arg, item, _join(where, key), _NO_META)
+    return out
+
+
+_NO_META: Mapping[str, Any] = {}
+
+
+#: Per model class, worked out once: name -> (type, metadata, required), and the set of names.
+_LOADS: dict[type, tuple[dict[str, tuple[Any, Mapping[str, Any], bool]], frozenset[str]]] = {}
+#: Per model class, worked out once: (name, default, made by a factory) for writing.
+_WRITES: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+
+
+def _loads(cls: type) -> tuple[dict[str, tuple[Any, Mapping[str, Any], bool]], frozenset[str]]:
+    known = _LOADS.get(cls)
+    if known is None:
+        hints = _hints(cls)
+        plan: dict[str, tuple[Any, Mapping[str, Any], bool]] = {
+            f.name: (hints[f.name], dict(f.metadata),
+                     f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
+        known = (plan, frozenset(plan))
+        _LOADS[cls] = known
+    return known
+
+
+def _writes(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    known = _WRITES.get(cls)
+    if known is None:
+        known = _WRITES[cls] = tuple((f.name, f.default, f.default_factory is not dataclasses.MISSING)
+                                     for f in dataclasses.fields(cls))
+    return known
 
 
 def from_dict(cls: type[Any], data: Any, where: str = "") -> Any:
     """Build `cls` from plain data, refusing unknown keys, missing keys and values outside their grammar."""
     if not isinstance(data, dict):
         raise ModelError(where, f"expected a table, got {_describe(data)}")
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ModelError(_join(where, unknown[0]), "unknown key")
+    fields, names = _loads(cls)
+    if not names.issuperset(data):
+        raise ModelError(_join(where, sorted(set(data) - names)[0]), "unknown key")
     kwargs = {}
-    for name, f in fields.items():
+    for name, (tp, meta, required) in fields.items():
         if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if required:
                 raise ModelError(_join(where, name), "required key is missing")
             continue
-        kwargs[name] = _convert(hints[name], data[name], _join(where, name), dict(f.metadata))
+        kwargs[name] = _convert(tp, data[name], _join(where, name), meta)
     return cls(**kwargs)
 
 
-def _empty(value: Any, f: dataclasses.Field[Any]) -> bool:
+def _empty(value: Any, default: Any, factory: bool) -> bool:
     if value is None:
         return True
-    if f.default is not dataclasses.MISSING and isinstance(value, str) and value == "" == f.default:
+    if default is not dataclasses.MISSING and isinstance(value, str) and value == "" == default:
         return True
-    if isinstance(value, (tuple, dict)) and not value and (
-        f.default_factory is not dataclasses.MISSING or f.default == ()
-    ):
+    if isinstance(value, (tuple, dict)) and not value and (factory or default == ()):
         return True
     return False
 
 
 def to_dict(obj: Any) -> Any:
     """Plain data for a model object, with empty optional fields left out."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    cls = type(obj)
+    if cls in _WRITES or (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
         out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if _empty(value, f):
+        for name, default, factory in _writes(cls):
+            value = getattr(obj, name)
+            if _empty(value, default, factory):
                 continue
-            out[f.name] = to_dict(value)
+            out[name] = to_dict(value)
         return out
     if isinstance(obj, tuple):
         return [to_dict(item) for item in obj]

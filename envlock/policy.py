@@ -131,15 +131,55 @@ def unmatched(patterns: Iterable[str], paths: Iterable[str]) -> list[tuple[str, 
     return out
 
 
+#: A policy's patterns, split once: (segments without a trailing `**`, whether it had one, specificity, order, rule).
+_Compiled = tuple[list[str], bool, tuple[int, int, int, int], int, Rule]
+#: Per policy: patterns by (first segment, length, last segment) when both ends are literal and there is no
+#: trailing `**`; the other patterns by their first segment when it is literal; the rest.
+_Index = tuple[dict[tuple[str, int, str], list[_Compiled]], dict[str, list[_Compiled]], list[_Compiled]]
+_INDEXES: dict[int, tuple[Policy, _Index]] = {}
+
+
+def _index(policy: Policy) -> _Index:
+    """The policy's patterns indexed by the paths they can match, built once per policy: a verify looks up
+    thousands of paths (five per package) against dozens of patterns."""
+    known = _INDEXES.get(id(policy))
+    if known is not None and known[0] is policy:
+        return known[1]
+    by_shape: dict[tuple[str, int, str], list[_Compiled]] = {}
+    by_first: dict[str, list[_Compiled]] = {}
+    anywhere: list[_Compiled] = []
+    for order, (pattern, rule) in enumerate(policy.rules.items()):
+        want = pattern.split(".")
+        deep = want[-1] == "**"
+        if deep:
+            want = want[:-1]
+        item = (want, deep, _specificity(pattern), order, rule)
+        if not deep and "*" not in want[0] and "*" not in want[-1]:
+            by_shape.setdefault((want[0], len(want), want[-1]), []).append(item)
+        elif want and "*" not in want[0]:
+            by_first.setdefault(want[0], []).append(item)
+        else:
+            anywhere.append(item)
+    if len(_INDEXES) > 64:
+        _INDEXES.clear()
+    index = (by_shape, by_first, anywhere)
+    _INDEXES[id(policy)] = (policy, index)
+    return index
+
+
 def explicit_rule(policy: Policy, path: str) -> Rule | None:
-    """The most specific rule whose pattern matches `path`, or None when no pattern does."""
-    best: tuple[tuple[int, int, int, int], Rule] | None = None
-    for pattern, rule in policy.rules.items():
-        if _matches(pattern, path):
-            score = _specificity(pattern)
-            if best is None or score > best[0]:
-                best = (score, rule)
-    return best[1] if best else None
+    """The most specific rule whose pattern matches `path`, or None when no pattern does (of equally specific
+    ones, the first written)."""
+    by_shape, by_first, anywhere = _index(policy)
+    have = path.split(".")
+    best: _Compiled | None = None
+    for item in (*by_shape.get((have[0], len(have), have[-1]), ()), *by_first.get(have[0], ()), *anywhere):
+        want, deep, score, order, _ = item
+        if (len(want) <= len(have) if deep else len(want) == len(have)) and all(
+                _segment(w, h) for w, h in zip(want, have, strict=False)):
+            if best is None or score > best[2] or (score == best[2] and order < best[3]):
+                best = item
+    return best[4] if best is not None else None
 
 
 def rule_for(policy: Policy, path: str) -> Rule:
