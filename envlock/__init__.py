@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from envlock.api import capture, check, verify
     from envlock.capturing import CaptureResult
     from envlock.fleet.decide import FleetReport
+    from envlock.probes.numerics.fingerprint import Fingerprint, fingerprint
 
 __all__ = [
     "CaptureResult",
@@ -24,6 +25,7 @@ __all__ = [
     "EnvlockError",
     "FactsError",
     "Finding",
+    "Fingerprint",
     "FleetReport",
     "LockError",
     "Report",
@@ -31,16 +33,18 @@ __all__ = [
     "__version__",
     "capture",
     "check",
+    "fingerprint",
     "verify",
 ]
 
 #: Names served from other modules on first use (PEP 562), so that `import envlock` costs a few milliseconds.
 _LAZY = {"capture": "envlock.api", "check": "envlock.api", "verify": "envlock.api",
-         "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet.decide"}
+         "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet.decide",
+         "fingerprint": "envlock.probes.numerics.fingerprint", "Fingerprint": "envlock.probes.numerics.fingerprint"}
 
 
 #: Optional integrations, submodules imported on first use (`envlock.mlflow.log()` after `import envlock`).
-_SUBMODULES = ("mlflow", "wandb")
+_SUBMODULES = ("mlflow", "wandb", "ray")
 
 
 def __getattr__(name: str) -> Any:

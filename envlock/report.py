@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envlock.errors import printable
 from envlock.findings import ABSENT, UNSET, Report
 from envlock.findings import clip as _clip
-from envlock.fleet.decide import (
-    HOMOGENEOUS_KEY,
-    FleetReport,
-    difference_text,
-    failing_text,
-    hosts_label,
-    ranks_label,
-)
+
+if TYPE_CHECKING:
+    from envlock.fleet.decide import FleetReport
 
 #: Findings shown under one cause before "and N more" (--json lists them all).
 SHOWN = 8
@@ -100,7 +96,9 @@ def wrap_hint(hint: str, first: str, rest: str, width: int = WRAP) -> list[str]:
 
 def render(report: Report) -> list[str]:
     """Any report as the lines its command prints: a fleet's, a diff's or a verify's."""
-    if isinstance(report, FleetReport):
+    # A FleetReport exists only once envlock.fleet.decide is loaded: a plain verify does not load the fleet.
+    decide = sys.modules.get("envlock.fleet.decide")
+    if decide is not None and isinstance(report, decide.FleetReport):
         return render_fleet(report)
     return render_text(report, title="diff" if report.other else "verify")
 
@@ -199,17 +197,30 @@ def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
 
 
-def render_fleet(report: FleetReport, *, quiet: bool = False) -> list[str]:
-    """Rank 0's report as lines: the verdict, one line per group of ranks, then the fleet-wide notes."""
+def render_fleet(report: FleetReport, *, quiet: bool = False, title: str = "verify --distributed") -> list[str]:
+    """Rank 0's report as lines: the verdict, one line per group of ranks (of nodes, for a Ray cluster), then the
+    fleet-wide notes."""
+    from envlock.fleet.decide import (
+        HOMOGENEOUS_KEY,
+        difference_text,
+        failing_text,
+        members_label,
+        nodes_label,
+        ranks_label,
+    )
+
     decision = report.decision
     if decision is None:
-        return [f"envlock verify --distributed: {report.verdict}"]
+        return [f"envlock {title}: {report.verdict}"]
     if quiet and report.ok and not decision.homogeneity:
         return []
-    hosts = {s.host for s in report.ranks}
+    nodes = decision.nodes
+    hosts = {ip for _, ip in nodes.values()} if nodes else {s.host for s in report.ranks}
     target = f" (target {report.target})" if report.target else ""
-    lines = [f"envlock verify --distributed: {decision.line.split(':', 1)[0]} — {report.world_size} ranks on "
-             f"{len(hosts)} host{'s' if len(hosts) != 1 else ''} — {report.lock}{target}"]
+    member = "node" if nodes else "rank"
+    lines = [f"envlock {title}: {decision.line.split(':', 1)[0]} — {report.world_size} {member}"
+             f"{'s' if report.world_size != 1 else ''} on {len(hosts)} host{'s' if len(hosts) != 1 else ''} — "
+             f"{report.lock}{target}"]
     differing = [d.key for d in decision.differences]
     for g in decision.groups:
         s = g.sample
@@ -225,9 +236,10 @@ def render_fleet(report: FleetReport, *, quiet: bool = False) -> list[str]:
                 text += f" [fingerprint {s.digest[:8]}" + (": " + ", ".join(shown) if shown else "") + "]"
         if s.target and s.target != report.target:
             text += f" (target {s.target})"
-        lines.append(f"  {ranks_label(g.ranks)} {hosts_label(g.hosts)}: {text}")
+        lines.append(f"  {members_label(g.ranks, g.hosts, nodes)}: {text}")
     if report.missing:
-        lines.append(f"  {ranks_label(report.missing)}: never answered within {report.timeout:g} s")
+        who = nodes_label(report.missing, nodes) if nodes else ranks_label(report.missing)
+        lines.append(f"  {who}: never answered within {report.timeout:g} s")
     if decision.homogeneity:
         level = "error" if decision.homogeneity == "error" else "warning"
         # The advice is for a fleet that passes: a failing one has its own errors to fix first.
@@ -235,14 +247,16 @@ def render_fleet(report: FleetReport, *, quiet: bool = False) -> list[str]:
             f'; to make this an error, add "{HOMOGENEOUS_KEY}" = {{rule = "exact", severity = "error"}} '
             "to [policy.rules]")
         lines.append(f"  {level}: the fleet is not homogeneous: "
-                     f"{difference_text(decision.differences, decision.sections)}{advice}")
+                     f"{difference_text(decision.differences, decision.sections, nodes)}{advice}")
     for note in report.notes:
-        lines.append(f"  note (rank 0): {note}")
+        lines.append(f"  note{'' if nodes else ' (rank 0)'}: {note}")
     return lines
 
 
 def render_rank_line(report: FleetReport) -> str:
     """The one line a rank other than 0 prints (to stderr) when its own verify failed or no verdict came."""
+    from envlock.fleet.decide import failing_text
+
     if not report.got_verdict:
         return f"envlock: rank {report.rank}: error: {report.verdict}"
     me = report.me

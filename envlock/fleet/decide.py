@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,10 @@ from envlock.policy import explicit_rule
 
 #: The policy key that makes a fleet whose ranks differ among themselves an error (exact/error) instead of a warning.
 HOMOGENEOUS_KEY = "fleet.homogeneous"
+#: How a fleet names its members when not by rank (a Ray cluster's nodes): rank index -> (node id, IP).
+Nodes = Mapping[int, tuple[str, str]]
+#: The characters of a node id a label shows.
+SHORT_ID = 8
 
 
 def rank_ranges(ranks: Iterable[int]) -> str:
@@ -44,6 +48,33 @@ def hosts_label(hosts: Sequence[str]) -> str:
     if len(unique) <= 3:
         return "on hosts " + ", ".join(unique)
     return f"on {len(unique)} hosts ({', '.join(unique[:3])}, …)"
+
+
+def nodes_label(ranks: Sequence[int], nodes: Nodes) -> str:
+    """'node 1a2b3c4d at 10.0.0.1', 'nodes 1a2b3c4d at 10.0.0.1, 9f8e7d6c at 10.0.0.2' or '12 nodes (…, …, …, …)'."""
+    named = [f"{nodes[r][0][:SHORT_ID]} at {nodes[r][1]}" for r in sorted(set(ranks))]
+    if len(named) == 1:
+        return f"node {named[0]}"
+    if len(named) <= 3:
+        return "nodes " + ", ".join(named)
+    return f"{len(named)} nodes ({', '.join(named[:3])}, …)"
+
+
+def members_label(ranks: Sequence[int], hosts: Sequence[str], nodes: Nodes | None = None) -> str:
+    """Who a group is: 'rank 3 on host a', 'ranks 0-3 on hosts a, b', or with `nodes` their ids and IPs."""
+    return nodes_label(ranks, nodes) if nodes else f"{ranks_label(ranks)} {hosts_label(hosts)}"
+
+
+def _who(ranks: Sequence[int], nodes: Nodes | None) -> str:
+    return nodes_label(ranks, nodes) if nodes else ranks_label(ranks)
+
+
+def _group_path(ranks: Sequence[int], nodes: Nodes | None) -> str:
+    """`fleet.ranks.0-3+5`, or for nodes `fleet.nodes.1a2b3c4d+9f8e7d6c` (the first three, then how many more)."""
+    if not nodes:
+        return f"fleet.ranks.{rank_ranges(ranks).replace(', ', '+')}"
+    ids = [nodes[r][0][:SHORT_ID] for r in sorted(set(ranks))]
+    return "fleet.nodes." + "+".join(ids[:3]) + (f"+{len(ids) - 3}-more" if len(ids) > 3 else "")
 
 
 @dataclass(frozen=True)
@@ -118,10 +149,10 @@ def failing_text(s: RankSummary, limit: int = 3) -> str:
     return shown + (f" (+{more} more)" if more > 0 else "") if shown else f"{s.errors} error(s)"
 
 
-def difference_text(differences: Sequence[Difference], sections: Sequence[str]) -> str:
+def difference_text(differences: Sequence[Difference], sections: Sequence[str], nodes: Nodes | None = None) -> str:
     parts = []
     for d in differences:
-        listed = "; ".join(f"{value} on {ranks_label(ranks)}" for value, ranks in d.values.items())
+        listed = "; ".join(f"{value} on {_who(ranks, nodes)}" for value, ranks in d.values.items())
         parts.append(f"{d.key} ({listed})")
     parts.extend(f"{name} (differs; not in the fingerprint summary)" for name in sections)
     return ", ".join(parts)
@@ -138,11 +169,14 @@ class Decision:
     differences: tuple[Difference, ...] = ()
     sections: tuple[str, ...] = ()
     homogeneity: str = ""
+    #: Set when the members are nodes (a Ray cluster): rank index -> (node id, IP); labels name them by these.
+    nodes: Mapping[int, tuple[str, str]] = field(default_factory=dict, compare=False)
 
 
 def decide(summaries: Sequence[RankSummary], world_size: int, *, policy: Policy | None,
-           timeout: float) -> Decision:
-    """The fleet's verdict from the summaries that arrived (ranks absent from them never answered)."""
+           timeout: float, nodes: Nodes | None = None) -> Decision:
+    """The fleet's verdict from the summaries that arrived (ranks absent from them never answered); with `nodes`,
+    members are named by node id and IP instead of rank and host."""
     answered = {s.rank for s in summaries}
     missing = [r for r in range(world_size) if r not in answered]
     differences, sections = fleet_differences(summaries)
@@ -152,30 +186,34 @@ def decide(summaries: Sequence[RankSummary], world_size: int, *, policy: Policy 
     findings: list[Finding] = []
     for g in groups:
         if g.sample.code != 0:
-            findings.append(Finding(path=f"fleet.ranks.{rank_ranges(g.ranks).replace(', ', '+')}",
+            findings.append(Finding(path=_group_path(g.ranks, nodes),
                                     expected="matches the lock", actual=failing_text(g.sample),
-                                    severity="error", hint=f"{ranks_label(g.ranks)} {hosts_label(g.hosts)}"))
+                                    severity="error", hint=members_label(g.ranks, g.hosts, nodes)))
+    member = "node" if nodes else "rank"
     if missing:
-        findings.append(Finding(path="fleet.ranks", expected=f"all {world_size} ranks answer",
-                                actual=f"{ranks_label(missing)} never answered within {timeout:g} s",
-                                severity="error", hint="a rank that died, hangs, or never ran envlock"))
+        why = ("a node that died or hangs, or whose task could not start there" if nodes
+               else "a rank that died, hangs, or never ran envlock")
+        findings.append(Finding(path=f"fleet.{member}s", expected=f"all {world_size} {member}s answer",
+                                actual=f"{_who(missing, nodes)} never answered within {timeout:g} s",
+                                severity="error", hint=why))
     if severity:
-        findings.append(Finding(path=HOMOGENEOUS_KEY, expected="one fingerprint on every rank",
+        findings.append(Finding(path=HOMOGENEOUS_KEY, expected=f"one fingerprint on every {member}",
                                 actual=f"{len({s.digest for s in summaries if s.digest})} fingerprints",
-                                severity=severity, hint=difference_text(differences, sections)))
+                                severity=severity, hint=difference_text(differences, sections, nodes)))
     code = max([s.code for s in summaries] + [int(ExitCode.UNAVAILABLE if missing else ExitCode.OK),
                                                int(ExitCode.MISMATCH if severity == "error" else ExitCode.OK)])
     failing = [g for g in groups if g.sample.code != 0]
-    parts = [f"{ranks_label(g.ranks)} {hosts_label(g.hosts)}: {failing_text(g.sample, 1)}" for g in failing]
+    parts = [f"{members_label(g.ranks, g.hosts, nodes)}: {failing_text(g.sample, 1)}" for g in failing]
     if missing:
-        parts.append(f"{ranks_label(missing)} never answered")
+        parts.append(f"{_who(missing, nodes)} never answered")
     if severity:
         keys = [d.key for d in differences] + list(sections)
         parts.append("fleet not homogeneous (" + ", ".join(keys) + ")")
     word = "OK" if code == ExitCode.OK else "MISMATCH" if code == ExitCode.MISMATCH else f"ERROR (exit {code})"
     line = clip(word + (": " + "; ".join(parts) if parts else ""), 400)
     return Decision(code=code, line=line, findings=tuple(findings), groups=tuple(groups),
-                    differences=tuple(differences), sections=tuple(sections), homogeneity=severity)
+                    differences=tuple(differences), sections=tuple(sections), homogeneity=severity,
+                    nodes=dict(nodes or {}))
 
 
 @dataclass(frozen=True)
@@ -211,5 +249,8 @@ class FleetReport(Report):
                               for g in self.decision.groups]
             data["differences"] = [{"key": d.key, "values": {v: list(r) for v, r in d.values.items()}}
                                    for d in self.decision.differences]
+            if self.decision.nodes:
+                data["nodes"] = [{"rank": r, "node_id": node_id, "ip": ip}
+                                 for r, (node_id, ip) in sorted(self.decision.nodes.items())]
         return data
 

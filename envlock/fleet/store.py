@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
+from envlock import slurm
 from envlock.errors import EnvironmentUnavailable, ExitCode, UsageError
 from envlock.fleet.decide import Decision, decide
 from envlock.fleet.wire import DEFAULT_TIMEOUT, RankSummary, decode_summary, encode_verdict
@@ -148,10 +149,29 @@ def check_launcher() -> None:
     """Raise UsageError unless there is a process group or a launcher environment to join."""
     if _job_group() is not None:
         return
-    if launcher_rank() is None or not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
-        raise UsageError("--distributed needs a process group or a launcher environment: run it under torchrun, "
-                         "or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (see docs/fleet.md)")
-    master_port()
+    if launcher_rank() is None or (not _slurm_step() and (not os.environ.get("MASTER_ADDR")
+                                                          or not os.environ.get("MASTER_PORT"))):
+        raise UsageError("--distributed needs a process group or a launcher environment: run it under torchrun or "
+                         "srun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (see docs/fleet.md)")
+    rendezvous()
+
+
+def _slurm_step() -> bool:
+    """Whether the ranks come from Slurm (SLURM_PROCID/SLURM_NTASKS, not RANK/WORLD_SIZE) in an srun step."""
+    env = os.environ
+    return not (env.get("RANK") and env.get("WORLD_SIZE")) and bool(env.get("SLURM_PROCID")) \
+        and bool(env.get("SLURM_NTASKS")) and slurm.in_step(env)
+
+
+def rendezvous() -> tuple[str, int]:
+    """(address, port) of the job's store: MASTER_ADDR and MASTER_PORT, else, for an srun step, the step's first
+    host and a port derived from its job and step ids (envlock.slurm)."""
+    addr = os.environ.get("MASTER_ADDR", "")
+    if not addr and _slurm_step():
+        addr = slurm.head_address(os.environ)
+    if not os.environ.get("MASTER_PORT") and _slurm_step():
+        return addr, slurm.port_of_step(os.environ)
+    return addr, master_port()
 
 
 def master_port() -> int:
@@ -178,7 +198,7 @@ def joined(timeout: float) -> Iterator[tuple[Any, int, int, str]]:
         return
     check_launcher()
     rank, world = launcher_rank() or (0, 1)
-    addr, port = os.environ["MASTER_ADDR"], master_port()
+    addr, port = rendezvous()
     try:
         import torch.distributed as torch_dist
     except ImportError as exc:
