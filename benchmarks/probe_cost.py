@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/probe_cost.py [--runs N] [--goal-ms MS]
 torch and numpy are imported first and not timed (a job has them loaded already). The first, cold run is reported
-apart from the median of the warm ones; per-kernel times are those of the last run.
+apart from the median of the warm ones; per-kernel times are medians over the warm runs (on a shared machine the
+minimum says what the probe costs without contention: both are printed).
 The goal (the issue's): under 200 ms on this 2-core CPU. Exit status 1 when the warm median is over it.
 """
 
@@ -29,10 +30,14 @@ def main() -> int:
     from envlock.facts import run_default_probe
 
     times, raw = [], {}
-    for _ in range(1 + max(1, args.runs)):
+    per_kernel: dict[str, list[float]] = {}
+    for run in range(1 + max(1, args.runs)):
         start = time.perf_counter()
         raw = run_default_probe()
         times.append(time.perf_counter() - start)
+        for key, item in raw.get("kernels", {}).items():
+            if run and isinstance(item.get("seconds"), (int, float)):
+                per_kernel.setdefault(key, []).append(item["seconds"])
     cold, warm = times[0], times[1:]
     median = statistics.median(warm)
 
@@ -41,14 +46,16 @@ def main() -> int:
     print(f"{'probe, first (cold) run':<44} {cold * 1000:8.1f} ms")
     print(f"{f'probe, median of {len(warm)} warm runs':<44} {median * 1000:8.1f} ms  "
           f"(min {min(warm) * 1000:.1f}, max {max(warm) * 1000:.1f})")
-    print("per kernel (last run):")
+    print("per kernel (median and min of the warm runs):")
     kernels = raw.get("kernels", {})
     for key, item in kernels.items():
-        took = item.get("seconds")
-        shown = f"{took * 1000:8.1f} ms" if isinstance(took, (int, float)) else f"error: {item.get('error', '?')}"
+        took = per_kernel.get(key)
+        shown = (f"{statistics.median(took) * 1000:8.1f} ms {min(took) * 1000:8.1f} ms" if took
+                 else f"error: {item.get('error', '?')}")
         print(f"  {key:<44} {shown}")
-    accounted = sum(item.get("seconds", 0.0) for item in kernels.values())
-    print(f"  {'(sum of kernels)':<44} {accounted * 1000:8.1f} ms")
+    medians = sum(statistics.median(t) for t in per_kernel.values())
+    fastest = sum(min(t) for t in per_kernel.values())
+    print(f"  {'(sum of kernels)':<44} {medians * 1000:8.1f} ms {fastest * 1000:8.1f} ms")
     verdict = "meets" if median <= args.goal_ms / 1000 else "misses"
     print(f"goal: under {args.goal_ms:.0f} ms on this {os.cpu_count()}-core CPU: warm median "
           f"{median * 1000:.1f} ms {verdict} it")

@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from envlock._version import __version__
 from envlock.atomic import locked, write_atomic
+from envlock.compare import shadow_findings
 from envlock.errors import EnvlockError, FactsError, LockError, UsageError
 from envlock.facts import collect_facts
-from envlock.hashes import artifact_hashes
+from envlock.hashes import index_files
 from envlock.lockfile import check_schema_version, dumps, load, parse_toml, read_text, seal
 from envlock.model import SCHEMA as SCHEMA_GRAMMAR
 from envlock.model import (
@@ -30,14 +31,16 @@ from envlock.model import (
 from envlock.policy import default_policy
 from envlock.probes.blas import parse_blas
 from envlock.probes.cpu import parse_cpu
-from envlock.probes.cuda import parse_cuda
+from envlock.probes.cuda import find_shadowed, parse_cuda
 from envlock.probes.floats import parse_floats, parse_threads
 from envlock.probes.gpu import parse_gpu
 from envlock.probes.numerics import MAX_WORK, KernelSpec, parse_numerics, shape_work
+from envlock.probes.numerics.fingerprint import collect_fingerprints
 from envlock.probes.numerics.kernels import kernel_cost, over_bound
 from envlock.probes.packages import canonical_name, parse_packages
 from envlock.probes.platform import parse_platform
 from envlock.probes.python import parse_python
+from envlock.progress import bar
 
 PLACEHOLDER_HASH = "sha256:" + "0" * 64
 
@@ -109,6 +112,9 @@ class CaptureResult:
     #: With `--add-target`: the name this machine's target would have had, when the lock already gives it to
     #: other hardware (so the new target got a numbered name instead); "" otherwise.
     name_taken: str = ""
+    #: One line per CUDA library the captured process loads from outside its nvidia-* wheel, at another version
+    #: (the lock records the version that loaded; `verify` reports it as `cuda.shadowed.<library>`).
+    shadowed: tuple[str, ...] = ()
 
 
 #: What every refusal to replace an existing file ends with.
@@ -175,11 +181,12 @@ def capture(
     init_cuda: bool = False,
     numerics: bool = True,
     hashes: bool = False,
+    progress: bool = False,
 ) -> CaptureResult:
     """Capture this machine (or the given facts) into a lock at `output`, keeping an old lock's policy and comments.
 
     With `add_target`, the machine becomes one more hardware target of the existing lock, whose software
-    sections it must match.
+    sections it must match. `progress` draws the probe's and `hashes`' progress on stderr (envlock.progress).
     """
 
     path = Path(output)
@@ -189,11 +196,13 @@ def capture(
     # at once) take turns, and neither loses what the other wrote.
     with locked(path):
         return _capture_locked(path, facts=facts, facts_name=facts_name, use_torch=use_torch, force=force,
-                               add_target=add_target, init_cuda=init_cuda, numerics=numerics, hashes=hashes)
+                               add_target=add_target, init_cuda=init_cuda, numerics=numerics, hashes=hashes,
+                               progress=progress)
 
 
 def _capture_locked(path: Path, *, facts: dict[str, Any] | None, facts_name: str, use_torch: bool, force: bool,
-                    add_target: bool, init_cuda: bool, numerics: bool, hashes: bool) -> CaptureResult:
+                    add_target: bool, init_cuda: bool, numerics: bool, hashes: bool,
+                    progress: bool = False) -> CaptureResult:
     """capture(), with the lock at `path` held by this process."""
     previous, policy = (None, None) if force else _previous(path)
     if add_target and previous is None:
@@ -209,10 +218,12 @@ def _capture_locked(path: Path, *, facts: dict[str, Any] | None, facts_name: str
             if too_big:  # it would not run, and drop out of the lock without a word
                 raise LockError(str(path), f"probe {too_big}", "policy.probe_shapes")
         facts = collect_facts(use_torch=use_torch, init_cuda=init_cuda, numerics=numerics, probe_shapes=shapes,
-                              extra_env=policy.extra_env if policy is not None else ())
+                              extra_env=policy.extra_env if policy is not None else (), progress=progress)
+        if policy is not None and policy.fingerprints and isinstance(facts.get("numerics"), dict):
+            facts["numerics"] = {**facts["numerics"], "fingerprints": collect_fingerprints(policy.fingerprints)}
     unhashed: list[str] = []
     if hashes:
-        facts, unhashed = with_artifact_hashes(facts)
+        facts, unhashed = with_artifact_hashes(facts, progress=progress)
     try:
         lock = build_lock(facts, policy=policy)
     except ModelError as exc:
@@ -226,21 +237,29 @@ def _capture_locked(path: Path, *, facts: dict[str, Any] | None, facts_name: str
     # "unchanged": the lock already holds this machine exactly; rewriting it would only move its creation time.
     return CaptureResult(path=path, lock=merged.lock, kept_policy=kept,
                          added_target=merged.name if merged.action == "added" else "", unhashed=tuple(unhashed),
-                         target_action=merged.action, target_name=merged.name, name_taken=merged.name_taken)
+                         target_action=merged.action, target_name=merged.name, name_taken=merged.name_taken,
+                         shadowed=tuple(f"{f.path}: {f.hint}" for f in shadow_findings(
+                             find_shadowed(facts.get("cuda"), facts.get("packages")), merged.lock.policy)))
 
 
-def with_artifact_hashes(facts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The facts with each index package's artifact hashes (from the index), and the packages it had none for."""
+def with_artifact_hashes(facts: dict[str, Any], *, progress: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The facts with each index package's artifact hashes and files (from the index), and the packages it had
+    none for."""
     packages = facts.get("packages")
     if not isinstance(packages, list):
         return facts, []
-    found, missing = artifact_hashes([p for p in packages if isinstance(p, dict) and "name" in p])
-    updated = [
-        {**p, "hashes": found[canonical_name(str(p["name"]))]}
-        if isinstance(p, dict) and canonical_name(str(p.get("name", ""))) in found else p
-        for p in packages
-    ]
-    return {**facts, "packages": updated}, missing
+    named = [p for p in packages if isinstance(p, dict) and "name" in p]
+    with bar("asking the index for artifact hashes", len(named), enabled=progress) as advance:
+        found = index_files(named, advance=advance)
+
+    def hashed(p: dict[str, Any]) -> dict[str, Any]:
+        name = canonical_name(str(p["name"]))
+        files = {"artifacts": found.files[name]} if name in found.files else {}
+        return {**p, "hashes": found.hashes[name], **files}
+
+    updated = [hashed(p) if isinstance(p, dict) and canonical_name(str(p.get("name", ""))) in found.hashes else p
+               for p in packages]
+    return {**facts, "packages": updated}, found.missing
 
 
 SOFTWARE = ("python", "packages", "cuda", "floats")

@@ -24,6 +24,7 @@ from envlock.probes.nvsmi import parse_nvidia_smi_xml
 from envlock.probes.packages import collect_packages
 from envlock.probes.platform import collect_platform
 from envlock.probes.python import collect_python
+from envlock.progress import bar
 
 FACTS_FORMAT = 1
 MAX_FACTS_BYTES = 64 * 1024 * 1024
@@ -39,13 +40,15 @@ def collect_facts(
     numerics: bool = False,
     probe_shapes: tuple[str, ...] = (),
     extra_env: tuple[str, ...] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Read this machine and process.
 
     `use_torch=False` leaves torch out (and unimported). `fast` imports nothing heavy and runs no subprocess:
     BLAS and torch facts are read only if the process already loaded them. `init_cuda` lets the CUDA driver be
     initialised for SM counts: only for a process of envlock's own, never inside a job that may fork.
-    `numerics` runs the probe (its default kernel set plus `probe_shapes`) on what the process has loaded.
+    `numerics` runs the probe (its default kernel set plus `probe_shapes`) on what the process has loaded;
+    `progress` draws a bar of its kernels on stderr (see envlock.progress).
     """
 
     # Importing torch is most of a capture's cost: let it run while the cheap collectors read the machine.
@@ -67,7 +70,7 @@ def collect_facts(
         "python": collect_python(),
         "packages": collect_packages(),
         "platform": collect_platform(),
-        "cpu": collect_cpu(),
+        "cpu": collect_cpu(fallback=not fast),
         "env": collect_env(extra_env),
         "gpu": collect_gpu(subprocess=not fast, init_cuda=init_cuda),
     }
@@ -88,7 +91,7 @@ def collect_facts(
         facts["blas"] = collect_blas(import_modules=False)
     if not use_torch:
         # torch may be loaded anyway (a script that imported it): leave its build facts out all the same.
-        for key in [key for key in facts["blas"] if key.startswith("torch_")]:
+        for key in [key for key in facts.get("blas", {}) if key.startswith("torch_")]:
             del facts["blas"][key]
         return facts
     torch = collect_torch(import_torch=False)
@@ -98,11 +101,11 @@ def collect_facts(
         if cuda is not None:
             facts["cuda"] = cuda
     if numerics and not fast:
-        facts["numerics"] = run_default_probe(probe_shapes)
+        facts["numerics"] = run_default_probe(probe_shapes, progress=progress)
     return facts
 
 
-def run_default_probe(probe_shapes: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_default_probe(probe_shapes: tuple[str, ...] = (), *, progress: bool = False) -> dict[str, Any]:
     """Raw facts of the probe's default kernel set for what this process has loaded."""
     torch = sys.modules.get("torch")
     devices = 0
@@ -113,7 +116,8 @@ def run_default_probe(probe_shapes: tuple[str, ...] = ()) -> dict[str, Any]:
             devices = 0
     specs = default_kernels(numpy="numpy" in sys.modules, torch=torch is not None, cuda_devices=devices,
                             extra_shapes=probe_shapes)
-    return collect_numerics(specs)
+    with bar("running the numerics probe", len(specs), enabled=progress) as advance:
+        return collect_numerics(specs, advance)
 
 
 def dumps_facts(facts: dict[str, Any]) -> str:

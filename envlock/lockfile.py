@@ -199,6 +199,10 @@ def loads(text: str, name: str = "envlock.lock") -> tuple[Lock, list[str]]:
         lock = from_dict(Lock, data)
         check_lock(lock)
     except ModelError as exc:
+        if warnings:  # a newer schema's new fields, most likely: say what would read it
+            raise LockError(name, f"{exc.message} (the lock was written by a newer envlock, schema "
+                            f"{data['lock']['schema']}; this one reads {SCHEMA_VERSION}: upgrade envlock)",
+                            exc.where) from None
         raise LockError(name, exc.message, exc.where) from None
     expected = content_hash(to_dict(lock))
     if lock.lock.content_hash != expected:
@@ -318,5 +322,37 @@ def dumps(lock: Lock, *, name: str = "envlock.lock", previous: str | None = None
                 _merge(existing, data[key], key)
             else:
                 doc[key] = _render_at(key, data[key])
+    text = tomlkit.dumps(doc)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def dumps_document(data: dict[str, Any], *, comments: tuple[str, ...] = (),
+                   inline: frozenset[str] = frozenset()) -> str:
+    """TOML text of a document that is not a lock (`export --format pylock`): the comment lines first; a table
+    whose key is in `inline` is written on one line, other tables as tables, lists of tables as arrays of tables."""
+    import tomlkit
+
+    def item(key: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            if key in inline:
+                return _toml_value(value)
+            table = tomlkit.table()
+            for name, child in value.items():
+                table.add(name, item(name, child))
+            return table
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            array = tomlkit.aot()
+            for child in value:
+                array.append(item(key, child))
+            return array
+        return _toml_value(value)
+
+    doc = tomlkit.document()
+    for line in comments:
+        doc.add(tomlkit.comment(line))
+    if comments:
+        doc.add(tomlkit.nl())
+    for key, value in data.items():
+        doc.add(key, item(key, value))
     text = tomlkit.dumps(doc)
     return text if text.endswith("\n") else text + "\n"

@@ -34,6 +34,11 @@ CAPABILITY = r"[0-9]{1,3}\.[0-9]{1,3}"
 DEVICE = r"cpu|cuda:[0-9]{1,3}"
 SHAPE = r"[0-9]{1,9}x[0-9]{1,5}x[0-9]{1,5}"
 HEXBITS = r"[0-9a-f]{4,16}"
+#: A Python callable by import path, `package.module:function` (or `module:object.method`).
+_PY_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
+CALLABLE = rf"{_PY_NAME}(?:\.{_PY_NAME}){{0,15}}:{_PY_NAME}(?:\.{_PY_NAME}){{0,7}}"
+#: A distribution file name (wheel or sdist), no folder.
+FILENAME = r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,254}"
 
 Severity = Literal["error", "warn"]
 RuleKind = Literal["exact", "min", "compatible", "ignore"]
@@ -74,6 +79,9 @@ class Policy:
     #: Environment variables of the user's own to record and check like the built-in ones (the next capture
     #: records them, locked and hashed; verify, `--fast` included, compares them).
     extra_env: tuple[str, ...] = grammar(ENV_NAME, default=())
+    #: The user's own fingerprints (`module:function`, see docs/fingerprint.md): the next capture runs each and
+    #: records its output bits under `numerics.fingerprints`; verify replays what the lock recorded.
+    fingerprints: tuple[str, ...] = grammar(CALLABLE, default=())
     rules: dict[str, Rule] = keyed(POLICY_KEY, default_factory=dict)
 
 
@@ -91,6 +99,18 @@ class PythonSection:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """One file the index offers for a locked version (`capture --hashes`): its name, where it is, its sha256.
+
+    Index data, not a fact of the environment: verify and diff never compare it; `export --format pylock` writes it.
+    """
+
+    name: str = grammar(FILENAME)
+    url: str = grammar(URL)
+    sha256: str = grammar(SHA256)
+
+
+@dataclass(frozen=True)
 class Package:
     """One installed distribution (its canonical name is the key in `[packages]`)."""
 
@@ -100,6 +120,7 @@ class Package:
     commit: str = grammar(COMMIT, default="")
     files: str = grammar(SHA256, default="")
     hashes: tuple[str, ...] = grammar(SHA256, default=())
+    artifacts: tuple[Artifact, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,7 +177,8 @@ class PlatformSection:
 
 @dataclass(frozen=True)
 class CpuSection:
-    """The CPU: who made it, which microarchitecture archspec sees, the ISA flags that change numerics."""
+    """The CPU: who made it (archspec's vendor name), which microarchitecture and generic level archspec sees, the
+    ISA flags that change numerics, the core counts and the cache sizes."""
 
     vendor: str = grammar(SAFE_TEXT)
     model: str = grammar(SAFE_TEXT)
@@ -165,6 +187,11 @@ class CpuSection:
     flags: tuple[str, ...] = grammar(IDENT, default=())
     logical_cores: int = 1
     usable_cores: int = 1
+    #: Cache sizes in bytes (cpu0's, per instance: an L2 per core, an L3 per slice); absent where unknown.
+    cache_l1d: int | None = None
+    cache_l1i: int | None = None
+    cache_l2: int | None = None
+    cache_l3: int | None = None
 
 
 @dataclass(frozen=True)
@@ -271,12 +298,28 @@ class KernelResult:
 
 
 @dataclass(frozen=True)
+class FingerprintResult:
+    """One of the user's own fingerprints: the callable that makes it, and the bits its outputs gave (at the
+    process's thread count, again at one thread), with its example inputs' and (for a module) parameters' hashes."""
+
+    source: str = field(metadata={"pattern": CALLABLE})
+    input_sha256: str = field(metadata={"pattern": SHA256})
+    output_sha256: str = field(metadata={"pattern": SHA256})
+    single_thread_sha256: str = grammar(SHA256, default="")
+    params_sha256: str = grammar(SHA256, default="")
+    outputs: tuple[str, ...] = grammar(SAFE_TEXT, default=())
+    samples: tuple[str, ...] = grammar(HEXBITS, default=())
+    repeat_equal: bool = True
+
+
+@dataclass(frozen=True)
 class NumericsSection:
-    """`numerics`: the probe's results on this target, keyed by kernel id."""
+    """`numerics`: the probe's results on this target, keyed by kernel id, and the user's fingerprints by name."""
 
     probe: str = grammar(IDENT)
     generator: str = grammar(IDENT)
     kernels: dict[str, KernelResult] = keyed(IDENT, default_factory=dict)
+    fingerprints: dict[str, FingerprintResult] = keyed(IDENT, default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,9 @@ def merge_policy(
         if "extra_env" in section:
             raise LockError(file, "extra_env belongs in the lock's [policy], where the next capture records those "
                             "variables", "tool.envlock.extra_env")
+        if "fingerprints" in section:
+            raise LockError(file, "fingerprints belong in the lock's [policy], where the next capture runs and "
+                            "records them (see docs/fingerprint.md)", "tool.envlock.fingerprints")
         try:
             extra_policy = from_dict(Policy, dict(section), "tool.envlock")
         except ModelError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from envlock.compare.hints import size
 from envlock.errors import printable
 from envlock.model import CpuSection, GpuDevice, GpuSection, Lock, MigInstance, NumericsSection, Target
 from envlock.policy import default_policy
@@ -65,6 +66,10 @@ def _cpu_text(c: CpuSection) -> str:
                    if c.generic not in _NOT_KNOWN and c.generic != c.microarchitecture else "")
         parts.append(f"microarchitecture {c.microarchitecture}{generic}")
     parts.append(f"{c.usable_cores} of {_plural(c.logical_cores, 'logical core')} usable")
+    caches = [f"{label} {size(value)}" for label, value in (("L1d", c.cache_l1d), ("L1i", c.cache_l1i),
+                                                            ("L2", c.cache_l2), ("L3", c.cache_l3)) if value]
+    if caches:
+        parts.append("caches " + ", ".join(caches))
     return ", ".join(parts)
 
 

@@ -24,6 +24,7 @@ from envlock.launcher import TORCHRUN_OMP_DEFAULT, detect, torchrun_omp_hint
 from envlock.lockfile import default_lock_path, find_project_policy, load
 from envlock.model import (
     BlasLibrary,
+    CpuSection,
     CudaSection,
     GpuDevice,
     GpuSection,
@@ -33,10 +34,12 @@ from envlock.model import (
     Package,
     Policy,
 )
-from envlock.policy import DEFAULT_RULES, merge_policy, unmatched
+from envlock.policy import DEFAULT_RULES, merge_policy, rule_for, unmatched
+from envlock.probes.cuda import Shadow, find_shadowed
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
-from envlock.probes.packages import canonical_name
+from envlock.probes.numerics.fingerprint import replay_fingerprints
+from envlock.probes.packages import SizeTables, canonical_name, changed_sizes
 from envlock.progress import bar
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
@@ -76,6 +79,10 @@ class Observed:
     skipped_because: str = "--fast"
     #: The launcher that started this process ("torchrun", "slurm"; "" for none or recorded facts).
     launcher: str = ""
+    #: `modified` comes from re-hashing every file (--deep) rather than from comparing their sizes.
+    deep: bool = False
+    #: CUDA libraries loaded from outside the nvidia-* wheel installed for them (probes.cuda.find_shadowed).
+    shadowed: tuple[Shadow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,21 +115,28 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
         current, errors = _with_probe(lock, current, facts, policy, options.target)
     elif (not recorded or "numerics" not in facts) and "numerics" not in skip:
         skip.append("numerics")
-    modified = modified_files(facts, lock, progress=options.progress) if options.deep and not recorded else {}
+    if recorded:
+        modified: dict[str, tuple[tuple[str, str], ...]] = {}
+    elif options.deep:
+        modified = modified_files(facts, lock, progress=options.progress)
+    else:
+        modified = resized_files(facts, lock, current, policy)
     started_by = detect() if not recorded else None
     return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified,
                     skipped_because="not in the recorded facts" if recorded else "--fast",
-                    launcher=started_by.name if started_by is not None else "")
+                    launcher=started_by.name if started_by is not None else "", deep=options.deep and not recorded,
+                    shadowed=find_shadowed(facts.get("cuda"), facts.get("packages")))
 
 
 def evaluate(lock: Lock, observed: Observed, policy: Policy, *, target: str | None = None, name: str = "",
              notes: Iterable[str] = (), sources: Iterable[str] = ()) -> Report:
     """The report on what was observed, judged against the lock under the policy. Pure."""
     comparison = compare_locks(lock, observed.current, policy=policy, skip=observed.skipped, target=target,
-                               numerics_errors=dict(observed.numerics_errors))
+                               numerics_errors=dict(observed.numerics_errors), shadowed=observed.shadowed)
     findings = [_for_launcher(f, observed.launcher) for f in comparison.findings]
     already = {f.path for f in findings}
-    findings.extend(f for f in modified_findings(observed.modified, lock) if f.path not in already)
+    findings.extend(f for f in modified_findings(observed.modified, lock, policy, deep=observed.deep)
+                    if f.path not in already)
     return Report(lock=name, target=comparison.target, findings=ordered(findings), skipped=observed.skipped,
                   notes=tuple(notes) + comparison.notes, sources=tuple(sources),
                   skipped_because=observed.skipped_because)
@@ -158,7 +172,8 @@ def examine(path: str | os.PathLike[str] | None = None, options: VerifyOptions =
 
 
 #: Paths a report can have that no single field of a lock flattens to.
-REPORT_ONLY = ("targets", "floats.torch", "gpu.driver_for_cuda", "cuda.kernels.*", "fleet.homogeneous")
+REPORT_ONLY = ("targets", "floats.torch", "gpu.driver_for_cuda", "cuda.kernels.*", "cuda.shadowed.*",
+               "fleet.homogeneous")
 
 
 def possible_paths(*locks: Lock) -> set[str]:
@@ -175,6 +190,7 @@ def possible_paths(*locks: Lock) -> set[str]:
             out.update(flatten_target(target))
             if target.numerics is not None:
                 out.update(f"numerics.{key}" for key in target.numerics.kernels)
+                out.update(f"numerics.fingerprints.{name}" for name in target.numerics.fingerprints)
     out.update(f"gpu.{f.name}" for f in dataclasses.fields(GpuSection) if f.name != "devices")
     out.update(f"gpu.devices.*.{f.name}" for f in dataclasses.fields(GpuDevice) if f.name != "mig_instances")
     out.add("gpu.devices.*.mig_instances.*")
@@ -182,6 +198,7 @@ def possible_paths(*locks: Lock) -> set[str]:
     out.add("blas.libraries.*")
     out.update(f"blas.libraries.*.{f.name}" for f in dataclasses.fields(BlasLibrary) if f.name != "id")
     out.update(f"cuda.{f.name}" for f in dataclasses.fields(CudaSection))
+    out.update(f"cpu.{f.name}" for f in dataclasses.fields(CpuSection))
     return out
 
 
@@ -265,6 +282,38 @@ def modified_files(facts: Mapping[str, Any], lock: Lock, *,
     return {name: tuple(problems) for name, problems in sorted(out.items())}
 
 
+def resized_files(facts: Mapping[str, Any], lock: Lock, current: Lock,
+                  policy: Policy) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Every installed file of every locked package whose RECORD is as locked, compared by size with what RECORD
+    says (one stat per file; the parsed RECORDs are cached, see SizeTables): package -> (file, what) changed. A
+    package whose RECORD itself changed is left to the `packages.<name>.files` finding, and one whose files the
+    policy ignores is not looked at."""
+    items = []
+    for item in facts.get("packages", []):
+        name = canonical_name(str(item.get("name", "")))
+        want, have = lock.packages.get(name), current.packages.get(name)
+        if (want is None or have is None or not want.files or want.files != have.files
+                or not str(item.get("metadata_dir", "")).endswith(".dist-info")
+                or rule_for(policy, f"packages.{name}.files").rule == "ignore"):
+            continue
+        items.append((name, str(item["location"]), str(item["metadata_dir"])))
+    tables = SizeTables(sorted({location for _, location, _ in items}))
+    records: set[str] = set()
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for name, location, dist_info in items:
+        record = os.path.join(location, dist_info, "RECORD")
+        records.add(record)
+        try:
+            paths, sizes = tables.table(record, dist_info)
+        except OSError:
+            continue  # its digest was just taken from it: a RECORD gone since is the next run's finding
+        changed = changed_sizes(location, paths, sizes)
+        if changed:
+            out[name] = tuple(changed)
+    tables.save(records)
+    return out
+
+
 def _as_lock(facts: dict[str, Any], lock: Lock, facts_name: str) -> Lock:
     try:
         return build_lock(facts, policy=lock.policy, created=lock.lock.created)
@@ -279,9 +328,11 @@ def _with_probe(lock: Lock, current: Lock, facts: dict[str, Any], policy: Policy
     """The current lock with the probe's results: the kernels the chosen target recorded, replayed here."""
     name, _ = choose_target(lock, current, policy, (), target)
     recorded = lock.targets[name].numerics
-    if recorded is None or not recorded.kernels:
+    if recorded is None or not (recorded.kernels or recorded.fingerprints):
         return current, {}
     raw = collect_numerics(specs_from_lock(recorded.kernels))
+    if recorded.fingerprints:
+        raw["fingerprints"] = replay_fingerprints(recorded.fingerprints)
     errors = {key: str(item["error"]) for key, item in raw["kernels"].items() if "error" in item}
     return build_lock({**facts, "numerics": raw}, policy=lock.policy, created=lock.lock.created), errors
 

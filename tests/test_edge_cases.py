@@ -131,3 +131,16 @@ def test_an_unrelated_broken_pyproject_above_the_lock_is_not_envlocks_business(
     (tmp_path / "pyproject.toml").write_text("[project\nname = 'half-written'\n")
     lock = write_lock(machine_facts, tmp_path / "sub" / "envlock.lock")
     assert verify(lock, facts=machine_facts).ok
+
+
+def test_fast_facts_without_torch_or_numpy_loaded_have_no_blas_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`collect_facts(fast=True, use_torch=False)` in a process that has loaded neither numpy nor torch: no BLAS
+    facts to read, and none to strip (it used to fail with KeyError: 'blas')."""
+    import sys
+
+    from envlock.facts import collect_facts
+
+    for name in ("numpy", "torch"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    facts = collect_facts(fast=True, use_torch=False)
+    assert "blas" not in facts and "packages" in facts

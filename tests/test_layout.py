@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "envlock"
 DEVBOX_LOCK = PACKAGE.parent / "fixtures/hosts/linux-nogpu-nocuda-x86_64_v4-devbox/expected.lock"
 #: Third-party modules the job-start path must not pay for.
 HEAVY = ("torch", "numpy", "docker", "pynvml", "rich", "typer", "click", "jsonschema", "tomlkit", "piptools",
-         "mlflow", "ray", "wandb", "pydantic")
+         "mlflow", "ray", "wandb", "pydantic", "cpuinfo")
 
 
 def _module_name(path: Path) -> str:
@@ -55,9 +55,13 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 #: The imports allowed inside a function, to keep the job-start path (`verify --fast`) short: the typer app is built
 #: on first use, the image build's machinery (tarfile, zipfile, subprocess, docker) loads for `build` only, and the
-#: fleet's transport for `verify --distributed` only.
+#: fleet's transport for `verify --distributed` only, the Ray driver for `verify --ray` only.
 LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envlock.build"),
-        ("envlock.cli.commands", "envlock.fleet.run"), ("envlock.findings", "envlock.report"),
+        # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
+        ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
+        ("envlock.report", "envlock.fleet.decide"),
+        ("envlock.cli.commands", "envlock.fleet.run"), ("envlock.cli.commands", "envlock.ray"),
+        ("envlock.findings", "envlock.report"),
         # The pytest plugin is loaded into every pytest session of anyone who installed envlock: off unless asked.
         *(("envlock.pytest_plugin", m) for m in ("envlock.verifying", "envlock.errors", "envlock.report",
                                                   "envlock.lockfile"))}

@@ -269,6 +269,15 @@ def test_newer_minor_schema_warns_and_loads(cli: Any, tmp_path: Path, text: str)
     assert "schema 1.9" in result.stdout
 
 
+def test_a_newer_minor_schemas_new_field_says_to_upgrade(cli: Any, tmp_path: Path, data: dict[str, Any]) -> None:
+    data["lock"]["schema"] = "1.9"
+    data["python"]["feature_from_the_future"] = "x"
+    path = write(tmp_path, tomlkit.dumps(data))
+    message = refused_at(cli("show", str(path)), path, "python.feature_from_the_future")
+    assert "unknown key" in message
+    assert "written by a newer envlock, schema 1.9; this one reads 1.0: upgrade envlock" in message
+
+
 def test_newer_minor_with_a_bad_hash_is_still_refused(cli: Any, tmp_path: Path, data: dict[str, Any]) -> None:
     data["lock"]["schema"] = "1.9"
     data["python"]["version"] = "3.99.0"

@@ -176,7 +176,7 @@ def test_flush_denormal_is_a_precision_change_that_says_so(probe_lock: Path, flu
 @pytest.mark.torch
 def test_twenty_clean_verifies_with_the_probe_find_nothing(probe_lock: Path) -> None:
     expected = set(locked_numerics(probe_lock).kernels)
-    assert {SUM, f"{SUM}-t1", DENORMAL, NUMPY_MM, f"{NUMPY_MM}-t1"} <= expected
+    assert {SUM, f"{SUM}-t1", DENORMAL, NUMPY_MM, f"{NUMPY_MM}-t1", *TORCH_CPU_IDS} <= expected
     for i in range(20):
         report = envlock.verify(str(probe_lock))
         assert report.findings == (), f"run {i}: {report.findings}"
@@ -375,6 +375,62 @@ def test_console_verify_fast_lists_the_probe_once_as_skipped(console_lock: Path)
     assert len(skipped) == len(set(skipped)), f"a section is listed twice as not checked: {skipped}"
 
 
+def _has_vector_isa(lock: Path) -> None:
+    loaded, _ = load(lock)
+    (target,) = loaded.targets.values()
+    if not {"avx2", "avx512f"} & set(target.cpu.flags):
+        pytest.skip("this CPU has no AVX2 or AVX-512: capping oneDNN or ATen at a lower ISA would change nothing")
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("var", ["DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"])
+def test_capping_onednn_isa_moves_conv2d_and_names_the_env_var_as_the_cause(console_lock: Path, var: str) -> None:
+    _has_vector_isa(console_lock)
+    assert CONV2D in locked_numerics(console_lock).kernels
+
+    done = console("verify", "--json", console_lock, cwd=console_lock.parent, env=clean_env(**{var: "SSE41"}))
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = by_path(json.loads(done.stdout)["findings"])
+    root = found[f"floats.env.{var}"]
+    assert (root["expected"], root["actual"], root["severity"]) == (None, "SSE41", "error")  # None: unset
+    conv = found[f"numerics.{CONV2D}"]
+    assert conv["actual"].startswith("order drift: ") and conv["severity"] == "error"
+    assert conv["hint"] == f"oneDNN's ISA cap ({var}) changed ((unset) → SSE41)"
+    assert conv["cause"] == f"floats.env.{var}"  # the kernel is a consequence; the env var is the root cause
+    # Only what oneDNN runs moved: ATen's own kernels (sums, softmax, the random stream) did not.
+    assert {p for p in found if p.startswith("numerics.")} <= {f"numerics.{CONV2D}",
+                                                                "numerics.torch-cpu-mm-float16-128x128x512"}
+    done = console("verify", console_lock, cwd=console_lock.parent, env=clean_env(**{var: "SSE41"}))
+    assert done.stdout.splitlines()[1:2] == [f"  error: {var} is SSE41, was unset"], done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_aten_default_capability_moves_the_normal_stream_not_the_generator(console_lock: Path) -> None:
+    _has_vector_isa(console_lock)
+
+    done = console("verify", "--json", console_lock, cwd=console_lock.parent,
+                   env=clean_env(ATEN_CPU_CAPABILITY="default"))
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = by_path(json.loads(done.stdout)["findings"])
+    assert found["floats.env.ATEN_CPU_CAPABILITY"]["actual"] == "default"
+    assert found["blas.torch_cpu_capability"]["actual"] == "DEFAULT"
+    assert found["blas.torch_cpu_capability"]["cause"] == "floats.env.ATEN_CPU_CAPABILITY"
+    randn = found[f"numerics.{RANDN}"]
+    assert randn["actual"].startswith("order drift: ")
+    assert randn["hint"].startswith(f"the normal transform changed, not the generator ({RAND} still matches): "
+                                    "ATEN_CPU_CAPABILITY changed ((unset) → default)"), randn["hint"]
+    assert randn["cause"] == "floats.env.ATEN_CPU_CAPABILITY"
+    assert f"numerics.{RAND}" not in found  # the generator's own stream is the same
+    for key in (SOFTMAX, SDPA):
+        assert found[f"numerics.{key}"]["cause"] == "floats.env.ATEN_CPU_CAPABILITY", found[f"numerics.{key}"]
+    # The oneDNN kernels follow their own ISA cap, not ATen's.
+    assert f"numerics.{CONV2D}" not in found
+
+
 # --- 2. pure: the generator, the inputs, kernel ids and sets, the meters ------------------------------------------
 
 
@@ -476,8 +532,22 @@ def test_kernel_ids() -> None:
 
 
 NUMPY_IDS = [f"{NUMPY_MM}-t1", NUMPY_MM, "numpy-cpu-sum-float32-4194304x1x1"]
+CONV2D = "torch-cpu-conv2d-float32-1x64x32"
+RANDN, RAND = "torch-cpu-randn-float32-4096x1x1", "torch-cpu-rand-float32-4096x1x1"
+SOFTMAX, SDPA = "torch-cpu-softmax-float32-64x1024x1", "torch-cpu-sdpa-float32-4x64x64"
+
+
+def fused_ids(device: str) -> list[str]:
+    d = f"torch-{device}"
+    return [f"{d}-softmax-float32-64x1024x1", f"{d}-layer-norm-float32-64x1024x1", f"{d}-cumsum-float32-16384x1x1",
+            f"{d}-rand-float32-4096x1x1", f"{d}-randn-float32-4096x1x1", f"{d}-sdpa-float32-4x64x64"]
+
+
 TORCH_CPU_IDS = [f"{SUM}-t1", "torch-cpu-mm-float32-256x256x256-t1", SUM, "torch-cpu-mm-float32-256x256x256",
-                 "torch-cpu-identity-mm-float32-256x256x1", "torch-cpu-int-mm-float32-64x64x1024", DENORMAL]
+                 "torch-cpu-identity-mm-float32-256x256x1", "torch-cpu-int-mm-float32-64x64x1024", DENORMAL,
+                 "torch-cpu-mm-float16-128x128x512", "torch-cpu-mm-bfloat16-128x128x512",
+                 "torch-cpu-int-mm-float16-64x64x256", "torch-cpu-int-mm-bfloat16-64x64x256", CONV2D,
+                 *fused_ids("cpu")]
 
 
 def cuda_ids(index: int) -> list[str]:
@@ -486,7 +556,8 @@ def cuda_ids(index: int) -> list[str]:
             f"{d}-mm-bfloat16-64x64x4096", f"{d}-mm-float16-256x256x256", f"{d}-int-mm-float16-64x64x4096",
             f"{d}-int-mm-bfloat16-64x64x4096", f"{d}-sum-float32-4194304x1x1", f"{d}-mean-float32-4194304x1x1",
             f"{d}-conv2d-float32-1x64x32", f"{d}-conv1x1-float32-1x64x32", f"{d}-index-add-float32-4096x64x64",
-            f"{d}-denormal-float32-1x1x1"]
+            f"{d}-scatter-add-float32-1024x64x64", f"{d}-denormal-float32-1x1x1", *fused_ids(f"cuda{index}"),
+            f"{d}-sdpa-float16-4x64x64"]
 
 
 def test_default_kernel_sets() -> None:
@@ -757,3 +828,62 @@ def test_a_cpu_kernel_that_cannot_run_says_why() -> None:
     raw = collect_numerics({"x": KernelSpec("no-such-op", "torch", "cpu", "float32", "1x1x1")})
     assert raw["kernels"]["x"]["error"] == "unknown op 'no-such-op'"
     assert parse_numerics(raw).kernels == {}
+
+
+def test_randn_moving_with_rand_is_the_generator_itself() -> None:
+    found = gpu_findings({RANDN: {"output_sha256": _hash("c")}, RAND: {"output_sha256": _hash("d")}},
+                         context={"floats.torch.version": "2.14.0"})
+    assert set(found) == {f"numerics.{RANDN}", f"numerics.{RAND}"}
+    randn = found[f"numerics.{RANDN}"]
+    assert randn.hint == (f"the random generator's own stream changed ({RAND} moved too): "
+                          "torch changed (2.13.0 → 2.14.0)")
+    assert randn.cause == "floats.torch.version"
+
+
+def test_randn_alone_with_nothing_recorded_changed_is_the_normal_transform() -> None:
+    found = only(gpu_findings({RANDN: {"output_sha256": _hash("c")}}), RANDN)
+    assert found.hint.startswith(f"the normal transform changed, not the generator ({RAND} still matches)")
+    assert "ATEN_CPU_CAPABILITY" in found.hint
+
+
+def test_cpu_conv2d_drift_with_nothing_recorded_changed_points_at_onednn() -> None:
+    found = only(gpu_findings({CONV2D: {"output_sha256": _hash("c")}}), CONV2D)
+    assert found.hint.startswith("oneDNN picked another kernel")
+    assert "DNNL_MAX_CPU_ISA" in found.hint
+
+
+def test_gpu_scatter_add_that_stops_repeating_is_atomics() -> None:
+    key = "torch-cuda0-scatter-add-float32-1024x64x64"
+    found = only(gpu_findings({key: {"repeat_equal": False, "output_sha256": _hash("c")}},
+                              context={"floats.torch.deterministic_algorithms": False}), key)
+    assert found.actual.startswith("nondeterministic: ")
+    assert "atomics without torch.use_deterministic_algorithms(True)" in found.hint
+
+
+def test_gpu_attention_drift_alone_is_the_backend_choice() -> None:
+    key = "torch-cuda0-sdpa-float16-4x64x64"
+    found = only(gpu_findings({key: {"output_sha256": _hash("c")}}), key)
+    assert found.actual.startswith("order drift: ")
+    assert found.hint.startswith("torch picked another attention backend")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("op", ["softmax", "cumsum"])
+def test_fused_canaries_are_exact_here_and_the_precision_class_is_fp32(torch_mod: Any, op: str) -> None:
+    from envlock.probes.numerics.kernels import FIXED_SHAPES, run_kernel
+
+    result = run_kernel(KernelSpec(op, "torch", "cpu", "float32", FIXED_SHAPES[op]))
+    assert (result["canary"], result["error_class"], result["repeat_equal"]) == ("exact", "fp32", True)
+
+
+@pytest.mark.torch
+def test_the_random_stream_is_the_seeded_generators(torch_mod: Any) -> None:
+    from envlock.probes.numerics.inputs import sha, tensor_bytes
+    from envlock.probes.numerics.kernels import RANDOM_N, RANDOM_SEED, run_kernel
+
+    result = run_kernel(KernelSpec("randn", "torch", "cpu", "float32", f"{RANDOM_N}x1x1"))
+    want = torch_mod.randn(RANDOM_N, generator=torch_mod.Generator().manual_seed(RANDOM_SEED))
+    assert result["output_sha256"] == sha(tensor_bytes(want))
+    torch_mod.manual_seed(0)  # the global generator plays no part
+    assert run_kernel(KernelSpec("randn", "torch", "cpu", "float32", f"{RANDOM_N}x1x1")) | {"seconds": 0} == (
+        result | {"seconds": 0})

@@ -22,11 +22,14 @@ from hypothesis import strategies as st
 
 from envlock.model import ModelError, Package
 from envlock.probes.packages import (
+    SizeTables,
     canonical_name,
+    changed_sizes,
     collect_packages,
     parse_packages,
     parse_source,
     record_digest,
+    record_sizes,
     search_path,
 )
 from tests.helpers import make_venv, run_ok
@@ -430,6 +433,22 @@ def test_search_path_defaults_to_sys_path(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert [fact["name"] for fact in collect_packages()] == ["on-sys-path"]
 
 
+def test_a_packages_vendored_copies_on_the_path_are_not_installs(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """`import ray` puts site-packages/ray/thirdparty_files (its own psutil and colorama, RECORDs and all) on
+    sys.path: those are ray's files, not distributions the environment installed."""
+    site = tmp_path / "lib" / "site-packages"
+    _dist_info(site, "ray")
+    vendored = site / "ray" / "thirdparty_files"
+    _dist_info(vendored, "colorama")
+    elsewhere = tmp_path / "src"
+    _dist_info(elsewhere, "mine")
+    monkeypatch.setattr(sys, "path", [str(site), str(vendored), str(elsewhere)])
+
+    assert search_path() == [str(site), str(elsewhere)]
+    assert [fact["name"] for fact in collect_packages()] == ["ray", "mine"]
+
+
 def test_collect_packages_matches_importlib_metadata_on_this_environment() -> None:
     folders = search_path()
     expected: dict[str, str] = {}
@@ -643,3 +662,64 @@ def test_a_broken_or_unwritable_cache_only_costs_time(tmp_path: Path, monkeypatc
     monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
     off = tmp_path / "off"
     assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected and not off.exists()
+
+
+# --- file sizes (every verify compares them with RECORD) -------------------------------------------------
+
+
+def test_record_sizes_lists_the_kept_files_with_their_sizes() -> None:
+    record = "\n".join([
+        "pkg/__init__.py,sha256=a,12",
+        "pkg/data.bin,sha256=b,4096\r",
+        '"pkg/a,b.py",sha256=c,7',  # a comma in the name: the quoted row
+        "pkg\\win.py,sha256=d,5",
+        "pkg/__pycache__/x.cpython-311.pyc,,",
+        "pkg/y.pyc,sha256=e,9",
+        "../../bin/tool,sha256=f,300",
+        "pkg-1.0.dist-info/RECORD,,",
+        "pkg-1.0.dist-info/INSTALLER,sha256=g,4",
+        "pkg-1.0.dist-info/METADATA,sha256=h,100",
+        "pkg/no-size.py,sha256=i,",
+    ])
+    paths, sizes = record_sizes(record, "pkg-1.0.dist-info")
+    assert dict(zip(paths, sizes, strict=True)) == {
+        "pkg/__init__.py": 12, "pkg/data.bin": 4096, "pkg/a,b.py": 7, "pkg/win.py": 5,
+        "pkg-1.0.dist-info/METADATA": 100}
+    plain = record.replace('"pkg/a,b.py",sha256=c,7\n', "")
+    assert "pkg/a,b.py" not in record_sizes(plain, "pkg-1.0.dist-info")[0]
+
+
+def test_changed_sizes_names_resized_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "same.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "grown.py").write_text("x = 1  # edited\n")
+    assert changed_sizes(str(tmp_path), ("pkg/same.py", "pkg/grown.py", "pkg/gone.py"), (6, 6, 3)) == [
+        ("pkg/grown.py", "6 bytes in RECORD, 16 on disk"), ("pkg/gone.py", "missing")]
+
+
+def test_the_size_tables_are_cached_and_taken_again_when_record_is_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import envlock.probes.packages as packages
+
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    info = _dist(tmp_path / "site")
+    record = str(info / "RECORD")
+    first = SizeTables([str(tmp_path / "site")])
+    assert first.table(record, info.name) == (("cached_pkg/__init__.py",), (3,))
+    first.save({record})
+    (cached,) = (tmp_path / "cache").glob("record-sizes-*.marshal")
+
+    def refuse(*_: Any) -> Any:
+        raise AssertionError("the cached table should have been used")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(packages, "record_sizes", refuse)
+        assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == (("cached_pkg/__init__.py",), (3,))
+    (info / "RECORD").write_text("cached_pkg/__init__.py,sha256=abc,4\n")
+    again = SizeTables([str(tmp_path / "site")])
+    assert again.table(record, info.name) == (("cached_pkg/__init__.py",), (4,))
+    cached.write_bytes(b"\x00garbage")  # a broken cache only costs time
+    assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == (("cached_pkg/__init__.py",), (4,))
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
+    off = SizeTables([str(tmp_path / "site")])
+    assert off.path is None and off.table(record, info.name) == (("cached_pkg/__init__.py",), (4,))

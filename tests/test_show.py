@@ -193,8 +193,8 @@ def test_numerics_kernels_per_device() -> None:
 
 def test_arm_cpu_is_named_by_its_maker_not_by_unknown() -> None:
     lines = _shown(load(GRAVITON / "expected.lock")[0])
-    assert _line(lines, "  cpu  ") == ("  cpu        Arm CPU (implementer 0x41), microarchitecture neoverse_v1 "
-                                       "(generic aarch64), 64 of 64 logical cores usable")
+    assert _line(lines, "  cpu  ") == ("  cpu        ARM CPU, microarchitecture neoverse_v1 (generic armv8.4a), 64 of "
+                                       "64 logical cores usable, caches L1d 64 KiB, L1i 64 KiB, L2 1 MiB, L3 32 MiB")
 
 
 def test_cpu_generic_level_is_not_repeated() -> None:

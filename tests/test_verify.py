@@ -277,10 +277,42 @@ def test_verify_deep_on_the_console_names_the_edited_file(tiny_venv: Venv, tmp_p
     plain = console("verify", "--fast", "envlock.lock", cwd=work, env=env)
     deep = console("verify", "--fast", "--deep", "--json", "envlock.lock", cwd=work, env=env)
 
+    # An edit that keeps the file's size is seen by re-hashing only.
     assert plain.returncode == 0, plain.stdout
     assert deep.returncode == 1, deep.stdout + deep.stderr
     found = by_path(json.loads(deep.stdout)["findings"])[f"packages.{TINY}.files"]
     assert "tiny_pkg/util.py (modified)" in found["hint"]
+    assert "found by size" not in found["hint"]
+
+
+@pytest.mark.slow
+def test_verify_fast_names_a_file_whose_size_is_not_its_records(tiny_venv: Venv, tmp_path: Path) -> None:
+    env = clean_env(PYTHONPATH=tiny_venv.site)
+    work = tmp_path / "job"
+    work.mkdir()
+    done = console("capture", "--no-torch", "-o", "envlock.lock", cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    for _ in range(3):  # clean, also once the parsed RECORDs come from the cache
+        clean = console("verify", "--fast", "envlock.lock", cwd=work, env=env)
+        assert clean.returncode == 0 and "OK" in clean.stdout, clean.stdout + clean.stderr
+
+    util = Path(tiny_venv.site, "tiny_pkg", "util.py")
+    util.write_text(util.read_text(encoding="utf-8") + "# patched by hand\n", encoding="utf-8")
+    Path(tiny_venv.site, "tiny_pkg", "__init__.py").unlink()
+    for args in (("--fast",), ()):
+        r = console("verify", *args, "--json", "envlock.lock", cwd=work, env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        found = by_path(json.loads(r.stdout)["findings"])[f"packages.{TINY}.files"]
+        assert found["severity"] == "error" and found["actual"] == "2 file(s) changed"
+        assert "tiny_pkg/util.py (" in found["hint"] and " bytes in RECORD, " in found["hint"]
+        assert "tiny_pkg/__init__.py (missing)" in found["hint"]
+        assert f"`pip install --force-reinstall --no-deps {TINY}==1.0`" in found["hint"]
+        assert "found by size, `envlock verify --deep` re-hashes every file" in found["hint"]
+
+    warned = console("verify", "--fast", "--warn", f"packages.{TINY}.files", "envlock.lock", cwd=work, env=env)
+    assert warned.returncode == 0 and "OK with 1 warning" in warned.stdout, warned.stdout + warned.stderr
+    ignored = console("verify", "--fast", "--ignore", f"packages.{TINY}.files", "envlock.lock", cwd=work, env=env)
+    assert ignored.returncode == 0 and "warning" not in ignored.stdout, ignored.stdout + ignored.stderr
 
 
 # --- environment variables ---------------------------------------------------------------------------------

@@ -7,12 +7,14 @@ loud a difference is; `envlock.compare.hints` explains each difference.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from envlock.compare.hints import NO_TORCH, hint_for
+from envlock.compare.hints import NO_TORCH, code, hint_for
 from envlock.compare.links import link_causes
 from envlock.compare.lockdiff import between_hint
 from envlock.compare.numerics import compare_numerics
@@ -21,7 +23,8 @@ from envlock.findings import ABSENT, UNSET, Finding, ordered, text
 from envlock.model import Lock, Policy, Rule, Target, to_dict
 from envlock.policy import explicit_rule, rule_for
 from envlock.probes.coretype import coretype_verdict
-from envlock.probes.cuda import kernels_for
+from envlock.probes.cpu import older_answer
+from envlock.probes.cuda import Shadow, kernels_for
 
 #: Sections a caller may leave out of the comparison (`--fast` leaves out those that need torch or numpy).
 SECTIONS = ("python", "packages", "floats.env", "floats.torch", "platform", "cpu", "blas", "threads", "gpu")
@@ -149,6 +152,9 @@ def _skipped(path: str, skip: Iterable[str]) -> bool:
 
 #: Fields older locks leave out (NVML captures recorded no virtualization mode before 0.2): not compared then.
 NOT_RECORDED_BEFORE = frozenset({"virtualization"})
+#: CPU fields envlock 0.1 recorded more coarsely (the bare family as the generic level on Arm and POWER, no
+#: vendor name): a lock that says so is not compared with the finer answer (`envlock.probes.cpu.older_answer`).
+OLDER_CPU_ANSWERS = frozenset({"cpu.vendor", "cpu.generic", "cpu.microarchitecture"})
 
 
 def compare_values(
@@ -168,6 +174,10 @@ def compare_values(
         want, have = expected.get(path), actual.get(path)
         if want in (None, "") and path.rsplit(".", 1)[-1] in NOT_RECORDED_BEFORE:
             continue  # a lock from before envlock recorded the field: nothing to compare with
+        if path.startswith("cpu.cache_") and (want is None or have is None):
+            continue  # a size one side could not read (no sysfs, no py-cpuinfo) is unknown, not different
+        if path in OLDER_CPU_ANSWERS and older_answer(path.split(".")[1], want, have):
+            continue  # what an older envlock wrote for this same CPU, only coarser
         rule = rule_for(policy, path)
         if not satisfies(rule, want, have):
             out.append((path, want, have, rule))
@@ -197,8 +207,9 @@ def compare_packages(expected: Lock, actual: Lock, policy: Policy) -> list[tuple
             continue
         flat_want: dict[str, Any] = {}
         flat_have: dict[str, Any] = {}
-        _flatten(f"packages.{name}", to_dict(want), flat_want)
-        _flatten(f"packages.{name}", to_dict(have), flat_have)
+        # Where the index offers the files (`artifacts`) is index data, not a fact of the environment.
+        _flatten(f"packages.{name}", {k: v for k, v in to_dict(want).items() if k != "artifacts"}, flat_want)
+        _flatten(f"packages.{name}", {k: v for k, v in to_dict(have).items() if k != "artifacts"}, flat_have)
         mismatches = compare_values(flat_want, flat_have, policy)
         version_moved = any(path.endswith(".version") for path, *_ in mismatches)
         for path, w, h, rule in mismatches:
@@ -218,10 +229,12 @@ def compare_locks(
     target: str | None = None,
     numerics_errors: dict[str, str] | None = None,
     between_locks: bool = False,
+    shadowed: Iterable[Shadow] = (),
 ) -> Comparison:
     """Every mismatch between the lock and the facts found now (as a lock), under the lock's policy.
 
     `between_locks`: `actual` is another lock, not this machine (`envlock diff`): the hints speak of A and B.
+    `shadowed`: CUDA libraries this process loads from outside their nvidia-* wheel (`probes.cuda.find_shadowed`).
     """
     numerics_errors = numerics_errors or {}
     policy = policy or expected.policy
@@ -262,27 +275,69 @@ def compare_locks(
     if want_numerics is not None and have_numerics is not None and "numerics" not in skip:
         findings += tuple(compare_numerics(want_numerics, have_numerics, numerics_errors, policy, context,
                                            between_locks=between_locks))
+    shadows = shadow_findings(shadowed, policy, skip)
+    if shadows:  # the locked-version finding of a shadowed library follows from the shadowing
+        won = {f.path.replace(".shadowed.", "."): f.path for f in shadows}
+        findings = tuple(dataclasses.replace(
+            f, cause=won[f.path], hint=f"the process loads {f.path.split('.')[1]} {f.actual}, the lock has "
+                                       f"{f.expected}, and not from its wheel: see {won[f.path]}")
+            if f.path in won and not f.cause else f for f in findings) + tuple(shadows)
     findings = link_causes(findings, *context)
     return Comparison(findings=ordered(findings), skipped=skip, target=name, notes=tuple(notes))
 
 
-def modified_findings(modified: Mapping[str, tuple[tuple[str, str], ...]], lock: Lock) -> list[Finding]:
-    """One finding per locked package with files changed since install (`verify --deep`): name -> (file, what)."""
+def modified_findings(modified: Mapping[str, tuple[tuple[str, str], ...]], lock: Lock,
+                      policy: Policy | None = None, *, deep: bool = True) -> list[Finding]:
+    """One finding per locked package with files changed since install: name -> (file, what), from re-hashing
+    (`verify --deep`) or from comparing sizes with RECORD (every other verify). The rule for
+    `packages.<name>.files` applies: `ignore` drops it, `warn` makes it a warning."""
     findings = []
     for name, problems in sorted(modified.items()):
         if name not in lock.packages or not problems:
             continue
-        shown = ", ".join(f"{path} ({what})" for path, what in problems[:5])
+        path = f"packages.{name}.files"
+        rule = rule_for(policy, path) if policy is not None else None
+        if rule is not None and rule.rule == "ignore":
+            continue
+        shown = ", ".join(f"{file} ({what})" for file, what in problems[:5])
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        how = "" if deep else "; found by size, `envlock verify --deep` re-hashes every file"
         findings.append(Finding(
-            path=f"packages.{name}.files",
+            path=path,
             expected="files as installed (RECORD)",
             actual=f"{len(problems)} file(s) changed",
-            severity="error",
-            hint=f"modified inside {name}: {shown}{more}; "
-                 f"`pip install --force-reinstall --no-deps {name}=={lock.packages[name].version}` restores it",
+            severity=rule.severity if rule is not None else "error",
+            hint=f"modified inside {name} since it was installed: {shown}{more}; "
+                 f"`pip install --force-reinstall --no-deps {name}=={lock.packages[name].version}` restores it"
+                 f"{how}",
         ))
     return findings
+
+
+def shadow_findings(shadowed: Iterable[Shadow], policy: Policy, skip: Iterable[str] = ()) -> list[Finding]:
+    """One finding per CUDA library loaded from outside the nvidia-* wheel installed for it, at another version
+    (`cuda.shadowed.<field>`): the numbers come from the library that won, not the one the packages claim."""
+    skip = tuple(skip)
+    out = []
+    for shadow in shadowed:
+        path = f"cuda.shadowed.{shadow.field}"
+        rule = rule_for(policy, path)
+        if rule.rule == "ignore" or _skipped(path, skip):
+            continue
+        winner = os.path.dirname(shadow.loaded_path)
+        out.append(Finding(
+            path=path,
+            expected=f"{shadow.field} {shadow.wheel_version} from {shadow.wheel} ({shadow.wheel_dir})",
+            actual=f"{shadow.field} {shadow.loaded_version} from {shadow.loaded_path}",
+            severity=rule.severity,
+            hint=f"the process loaded {shadow.loaded_path} ({shadow.field} {shadow.loaded_version}) over the "
+                 f"{shadow.wheel} wheel's {shadow.wheel_version} in {shadow.wheel_dir}: LD_LIBRARY_PATH or "
+                 f"LD_PRELOAD puts {winner} first (both are searched before the wheel's RUNPATH), or a module "
+                 f"imported earlier loaded it; take {winner} out of LD_LIBRARY_PATH, or "
+                 f"{code(f'pip install {shadow.wheel}=={shadow.loaded_version}')} if that one is meant to run",
+            values=(shadow.wheel_version, shadow.loaded_version),
+        ))
+    return out
 
 
 #: The oldest driver of each CUDA major version (CUDA minor-version compatibility, NVIDIA's compatibility guide).

@@ -139,6 +139,8 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: Context
                 "`taskset`, a cgroup cpuset, Slurm's `--cpus-per-task`, or another machine): thread counts that "
                 "are not pinned follow it, and reductions split per thread change bits; pin them with "
                 "`export OMP_NUM_THREADS=N`, or re-capture")
+    if path.startswith("cpu.cache_"):
+        return _cache_hint(parts[1].removeprefix("cache_"), expected, actual, want, have)
     if parts[0] == "cpu":
         return (f"another CPU ({parts[1]} {show(actual)} here, {show(expected)} at capture): BLAS and ATen may pick "
                 f"other kernels; if this machine is meant to run the job, add it: {ADD_TARGET}")
@@ -151,6 +153,33 @@ def hint_for(path: str, expected: Any, actual: Any, rule: Rule, context: Context
     if rule.rule == "min":
         return f"needs at least {show(expected)}, found {show(actual)}"
     return ""
+
+
+CACHE_LEVELS = {"l1d": "L1 data", "l1i": "L1 instruction", "l2": "L2", "l3": "L3"}
+
+
+def size(value: Any) -> str:
+    """A cache size in bytes as people write it: "2 MiB", "48 KiB"."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return show(value)
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if value >= 1 << shift and value % (1 << shift) == 0:
+            return f"{value >> shift} {unit}"
+    return f"{value} bytes"
+
+
+def _cache_hint(level: str, expected: Any, actual: Any, want: dict[str, Any], have: dict[str, Any]) -> str:
+    said = (f"another {CACHE_LEVELS.get(level, level)} cache size ({size(actual)} here, {size(expected)} at "
+            "capture)")
+    if level != "l2":
+        return f"{said}: another CPU model or VM size; blocked kernels may tile differently: {ADD_TARGET} if intended"
+    pinned = have.get("floats.env.OPENBLAS_L2_SIZE")
+    if is_set(pinned) and not changed(want, have, "floats.env.OPENBLAS_L2_SIZE"):
+        return (f"{said}; OpenBLAS ignores it here, OPENBLAS_L2_SIZE={pinned} pins the size it blocks for, but "
+                f"other libraries may not: {ADD_TARGET} if this machine should run the job")
+    return (f"{said}: OpenBLAS picks its GEMM blocking from the L2 size (unless OPENBLAS_L2_SIZE is set), so the "
+            "summation order of a matmul, hence its last bits, can change; set OPENBLAS_L2_SIZE alike on both "
+            f"machines, or add this one: {ADD_TARGET}")
 
 
 def _env_hint(name: str, expected: Any, actual: Any) -> str:

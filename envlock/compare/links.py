@@ -100,7 +100,7 @@ def candidates(path: str, want: dict[str, Any], have: dict[str, Any]) -> list[st
     elif path in ("blas.torch_blas", "blas.torch_blas_version", "blas.torch_cpu_capability"):
         out += _torch_gone(want, have)
         if path == "blas.torch_cpu_capability":
-            out.append("cpu.microarchitecture")
+            out += ["floats.env.ATEN_CPU_CAPABILITY", "cpu.microarchitecture"]
         out += ["packages.torch.version", "floats.torch.version"]
     elif path == "floats.torch":
         out.append("packages.torch")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from envlock.compare.hints import NO_TORCH, TORCH_SETTERS, Context, env_state, show
+from envlock.compare.hints import NO_TORCH, TORCH_SETTERS, Context, env_state, show, size
 from envlock.compare.links import THREAD_VARS, TORCH_THREAD_VARS, changed, thread_var
 from envlock.model import Rule
 
@@ -82,6 +82,9 @@ def between_hint(path: str, expected: Any, actual: Any, rule: Rule, context: Con
         return _blas(parts, a, b, want, have)
     if parts[0] == "python":
         return f"Python {parts[1]} is {a} in A, {b} in B"
+    if path == "cpu.cache_l2":
+        return (f"the L2 caches differ ({size(expected)} in A, {size(actual)} in B): OpenBLAS picks its GEMM blocking "
+                "from the L2 size (unless OPENBLAS_L2_SIZE is set), so matmul summation order can differ")
     if parts[0] == "cpu":
         return f"the CPUs differ ({parts[1]}: {a} in A, {b} in B): BLAS and ATen may pick other kernels"
     if parts[0] == "platform":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envlock.findings import Finding, text
-from envlock.model import KernelResult, NumericsSection, Policy
+from envlock.model import KernelResult, NumericsSection, Policy, kernel_key
 from envlock.policy import rule_for
 
 
@@ -60,6 +60,11 @@ def classify(expected: NumericsSection, actual: NumericsSection | None,
 def _changed(want: dict[str, Any], have: dict[str, Any], path: str) -> str:
     a, b = want.get(path), have.get(path)
     return "" if a == b else f"{text(a)} → {text(b)}"
+
+
+def _known_both(knob: tuple[str, str], want: dict[str, Any], have: dict[str, Any]) -> list[tuple[str, str]]:
+    """[knob] when both sides recorded it (a lock from before the field was recorded did not), else []."""
+    return [knob] if knob[0] in want and knob[0] in have else []
 
 
 def _moved(verdicts: list[KernelVerdict], predicate: Callable[[str], bool]) -> bool:
@@ -178,7 +183,7 @@ def diagnose(verdict: KernelVerdict, verdicts: list[KernelVerdict], expected: Nu
             return Diagnosis("BLAS thread count or threading changed", thread_path)
         return Diagnosis("the multi-threaded result moved but not the single-threaded one: torch's thread count "
                          "or OMP_NUM_THREADS", thread_path)
-    return _drift(spec, want, have)
+    return _drift(spec, want, have, lambda other: _moved(verdicts, lambda k: k == other))
 
 
 def _denormal(verdict: KernelVerdict, want: dict[str, Any], have: dict[str, Any]) -> Diagnosis:
@@ -247,18 +252,52 @@ def _precision(verdict: KernelVerdict, spec: KernelResult, want: dict[str, Any],
                      + (f": {said}" if said else ": TF32/bf16 modes or another BLAS"), cause)
 
 
-def _drift(spec: KernelResult, want: dict[str, Any], have: dict[str, Any]) -> Diagnosis:
-    """Order drift the thread count does not explain: the knobs that can change this kernel's code path."""
+#: CPU ops torch runs through oneDNN (conv2d; half-precision matmul), whose ISA cap is an environment variable.
+ONEDNN_CPU_OPS = ("conv2d", "mm")
+ONEDNN_ISA_KNOBS = [("floats.env.DNNL_MAX_CPU_ISA", "oneDNN's ISA cap (DNNL_MAX_CPU_ISA)"),
+                    ("floats.env.ONEDNN_MAX_CPU_ISA", "oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA)")]
+
+
+def _normal_stream(spec: KernelResult, moved: Callable[[str], bool], want: dict[str, Any], have: dict[str, Any],
+                   knobs: list[tuple[str, str]]) -> Diagnosis:
+    """randn moved: the generator itself when its uniform stream (the locked `rand`) moved too, else the normal
+    transform on top of it (vectorised per CPU capability)."""
+    uniform = kernel_key("rand", spec.library, spec.device, spec.dtype, spec.shape, spec.threads)
+    if moved(uniform):
+        found = _first([("floats.torch.version", "torch"), ("packages.torch.version", "torch")], want, have)
+        return Diagnosis(f"the random generator's own stream changed ({uniform} moved too)"
+                         + (f": {found.hint}" if found else ": another torch build's generator"),
+                         found.cause if found else f"numerics.{uniform}")
+    found = _first(knobs, want, have)
+    return Diagnosis(f"the normal transform changed, not the generator ({uniform} still matches): "
+                     + (found.hint if found else "ATen's vectorised randn path (ATEN_CPU_CAPABILITY, the CPU) or "
+                        "the torch build"), found.cause if found else "")
+
+
+def _drift(spec: KernelResult, want: dict[str, Any], have: dict[str, Any],
+           moved: Callable[[str], bool] = lambda key: False) -> Diagnosis:
+    """Order drift the thread count does not explain: the knobs that can change this kernel's code path (`moved`:
+    whether another locked kernel moved too)."""
     if spec.device == "cpu" and spec.library == "torch":
-        knobs = [("blas.torch_cpu_capability", "ATen's CPU capability"), ("cpu.microarchitecture", "the CPU"),
+        knobs = [("floats.env.ATEN_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY"),
+                 ("blas.torch_cpu_capability", "ATen's CPU capability"), ("cpu.microarchitecture", "the CPU"),
                  ("floats.torch.version", "torch")]
         if spec.op == "mm":
             knobs = [("floats.env.MKL_CBWR", "MKL's conditional numerical reproducibility branch (MKL_CBWR)"),
                      ("floats.torch.mkldnn_matmul_fp32_precision", "oneDNN's fp32 matmul precision"),
                      ("floats.torch.float32_matmul_precision", "torch's float32 matmul precision"),
                      ("blas.torch_blas", "torch's BLAS"), ("blas.torch_blas_version", "torch's BLAS version"), *knobs]
-        return _first(knobs, want, have) or Diagnosis(
-            "ATen's CPU kernels changed: another CPU, ATEN_CPU_CAPABILITY, or torch build")
+        if spec.op in ONEDNN_CPU_OPS and (spec.op != "mm" or spec.dtype != "float32"):
+            knobs = [*ONEDNN_ISA_KNOBS, *knobs]
+        if spec.op == "randn":
+            return _normal_stream(spec, moved, want, have, knobs)
+        found = _first(knobs, want, have)
+        if found:
+            return found
+        if (spec.op in ONEDNN_CPU_OPS and spec.dtype != "float32") or spec.op == "conv2d":
+            return Diagnosis("oneDNN picked another kernel: another CPU or ISA cap (DNNL_MAX_CPU_ISA / "
+                             "ONEDNN_MAX_CPU_ISA), or another torch build")
+        return Diagnosis("ATen's CPU kernels changed: another CPU, ATEN_CPU_CAPABILITY, or torch build")
     if spec.library == "numpy" and spec.op == "sum":
         found = _first([("packages.numpy.version", "numpy"), ("cpu.microarchitecture", "the CPU")], want, have,
                        "numpy's own pairwise summation changed ({label} {change})")
@@ -272,7 +311,9 @@ def _drift(spec: KernelResult, want: dict[str, Any], have: dict[str, Any]) -> Di
                       "BLAS kernel changed {change}")
         return arch or _first([*((f"{lib}.version", "the BLAS version") for lib in libs),
                                ("floats.env.MKL_CBWR", "MKL_CBWR"), ("packages.numpy.version", "numpy"),
-                               ("cpu.microarchitecture", "the CPU")], want, have) or Diagnosis(
+                               ("cpu.microarchitecture", "the CPU"),
+                               *_known_both(("cpu.cache_l2", "the L2 cache size OpenBLAS blocks GEMMs for"), want,
+                                            have)], want, have) or Diagnosis(
             "numpy's BLAS gives other bits: another BLAS build, version or CPU (OPENBLAS_CORETYPE, MKL_CBWR)")
     index = spec.device.split(":")[-1]
     knobs = [(f"gpu.devices.{index}.compute_capability", "different GPU architecture"),
@@ -284,17 +325,22 @@ def _drift(spec: KernelResult, want: dict[str, Any], have: dict[str, Any]) -> Di
             name = "bf16" if spec.dtype == "bfloat16" else "fp16"
             knobs.append((f"floats.torch.matmul_allow_{name}_reduced_precision_reduction",
                           f"{name} reduced-precision reductions changed"))
-    if spec.op in ("conv2d", "conv1x1"):
+    if spec.op in ("conv2d", "conv1x1", "sdpa"):
         knobs += [("cuda.cudnn", "cuDNN version changed"),
                   ("floats.torch.cudnn_benchmark", "cuDNN benchmark (autotuning) changed")]
+    if spec.op == "randn" and moved(kernel_key("rand", spec.library, spec.device, spec.dtype, spec.shape, 0)):
+        knobs.insert(0, ("floats.torch.version", "the random generator's stream changed (rand moved too): torch"))
     knobs.append(("floats.torch.version", "torch version changed"))
-    if spec.op in ("index-add", "conv2d"):
+    if spec.op in ("index-add", "scatter-add", "conv2d"):
         knobs.append(("floats.torch.deterministic_algorithms", "deterministic algorithms changed"))
     found = _first(knobs, want, have, "{label} ({change})")
     if found:
         return found
     if spec.op == "conv2d":
         return Diagnosis("cuDNN picked another algorithm (cudnn.benchmark autotuning, or another cuDNN)")
+    if spec.op == "sdpa":
+        return Diagnosis("torch picked another attention backend (flash, memory-efficient, cuDNN or math: "
+                         "torch.nn.attention.sdpa_kernel) or another kernel of it")
     return Diagnosis("same precision, another summation order with every recorded version equal: cuBLAS heuristics "
                      "or torch's BLAS routing (preferred_blas_library)")
 
@@ -309,17 +355,106 @@ def compare_numerics(expected: NumericsSection, actual: NumericsSection | None, 
     """
     want, have = context
     verdicts = classify(expected, actual, errors)
+    prints = classify_fingerprints(expected, actual, errors)
     findings = []
-    for verdict in verdicts:
+    for verdict in verdicts + prints:
         if verdict.kind == "match":
             continue
         rule = rule_for(policy, f"numerics.{verdict.key}")
         if rule.rule == "ignore" or (rule.rule in ("compatible", "min") and verdict.kind == "order drift"):
             continue
-        severity = "error" if verdict.kind in ("precision change", "invalid probe") else rule.severity
-        found = diagnose(verdict, verdicts, expected, actual, want, have, between_locks)
+        severity = "error" if verdict.kind in ("precision change", "invalid probe", "model changed") else rule.severity
+        if verdict.key.startswith(FINGERPRINTS):
+            found = diagnose_fingerprint(verdict, verdicts, expected, actual, want, have, between_locks)
+        else:
+            found = diagnose(verdict, verdicts, expected, actual, want, have, between_locks)
         findings.append(Finding(
             path=f"numerics.{verdict.key}", expected=verdict.expected, actual=f"{verdict.kind}: {verdict.actual}",
             severity=severity, hint=found.hint, cause=found.cause,
         ))
     return findings
+
+
+#: Fingerprint verdicts are keyed `fingerprints.<name>`, so their findings are `numerics.fingerprints.<name>`.
+FINGERPRINTS = "fingerprints."
+
+
+def classify_fingerprints(expected: NumericsSection, actual: NumericsSection | None,
+                          errors: dict[str, str]) -> list[KernelVerdict]:
+    """Each locked fingerprint's verdict: the kernels' verdicts, and "model changed" when a module's parameters
+    (not the environment) differ."""
+    have = actual.fingerprints if actual is not None else {}
+    verdicts = []
+    for name, want in sorted(expected.fingerprints.items()):
+        key, got = f"{FINGERPRINTS}{name}", have.get(name)
+        label = want.output_sha256[7:19]
+        if got is None:
+            verdicts.append(KernelVerdict(key, "did not run", label, errors.get(key, "not run")))
+        elif got.input_sha256 != want.input_sha256:
+            verdicts.append(KernelVerdict(key, "invalid probe", f"inputs {want.input_sha256[7:19]}",
+                                          f"inputs {got.input_sha256[7:19]}"))
+        elif got.params_sha256 != want.params_sha256:
+            verdicts.append(KernelVerdict(key, "model changed", f"parameters {want.params_sha256[7:19]}",
+                                          f"parameters {got.params_sha256[7:19]}"))
+        elif got.output_sha256 == want.output_sha256:
+            kind = "nondeterministic" if want.repeat_equal and not got.repeat_equal else "match"
+            verdicts.append(KernelVerdict(key, kind, label, got.output_sha256[7:19]
+                                          + (" (repeat differs)" if kind != "match" else "")))
+        elif not got.repeat_equal:
+            verdicts.append(KernelVerdict(key, "nondeterministic", label,
+                                          got.output_sha256[7:19] + " (repeat differs)"))
+        else:
+            verdicts.append(KernelVerdict(key, "order drift", label, got.output_sha256[7:19]))
+    return verdicts
+
+
+def diagnose_fingerprint(verdict: KernelVerdict, verdicts: list[KernelVerdict], expected: NumericsSection,
+                         actual: NumericsSection | None, want: dict[str, Any], have: dict[str, Any],
+                         between_locks: bool = False) -> Diagnosis:
+    """The likely cause of a fingerprint's verdict: its own single-thread run first, then a built-in kernel that
+    moved too (its cause is the fingerprint's), then the knobs that change any torch op."""
+    name = verdict.key.removeprefix(FINGERPRINTS)
+    spec = expected.fingerprints[name]
+    got = actual.fingerprints.get(name) if actual is not None else None
+    if verdict.kind == "did not run":
+        if between_locks:
+            return Diagnosis("B has no result for this fingerprint: B was captured without it in [policy] "
+                             "fingerprints, or with --no-numerics")
+        return Diagnosis(f"{spec.source} gave no fingerprint named {name} here (it returns other names now?)")
+    if verdict.kind == "invalid probe":
+        return Diagnosis(f"the example inputs {spec.source} passes differ from the lock's: its code changed, or it "
+                         "makes them from an unseeded random generator; re-capture if intended")
+    if verdict.kind == "model changed":
+        return Diagnosis("the model's parameters differ from the lock's (other weights, or an unseeded "
+                         "initialisation): the model changed, not the environment; re-capture if intended")
+    if verdict.kind == "nondeterministic":
+        return Diagnosis("the model gives different bits from one call to the next in this process: dropout or "
+                         "another random op outside eval() mode, an unseeded generator, or atomics without "
+                         "torch.use_deterministic_algorithms(True)",
+                         "floats.torch.deterministic_algorithms"
+                         if _changed(want, have, "floats.torch.deterministic_algorithms") else "")
+    as_torch = KernelResult(op="fingerprint", library="torch", device="cpu", dtype="float32", shape="1x1x1",
+                            input_sha256=spec.input_sha256, output_sha256=spec.output_sha256)
+    thread_path, threads = _thread_knob(as_torch, want, have)
+    single = spec.single_thread_sha256
+    if got is not None and single and single != spec.output_sha256 and got.output_sha256 == single:
+        if threads:
+            return Diagnosis(f"thread count changed {threads}: these are the bits of the locked single-thread run",
+                             thread_path)
+        return Diagnosis("these are the bits of the locked single-thread run: the model ran on one thread "
+                         "(torch.set_num_threads(1), OMP_NUM_THREADS=1, or one usable core)", thread_path)
+    if got is not None and single and got.single_thread_sha256 == single:
+        return Diagnosis(f"thread count changed {threads}" if threads else "the multi-threaded result moved but not "
+                         "the single-threaded one: torch's thread count or OMP_NUM_THREADS", thread_path)
+    moved = [v for v in verdicts if v.kind in ("order drift", "precision change")]
+    if moved:
+        first = moved[0]
+        found = diagnose(first, verdicts, expected, actual, want, have, between_locks)
+        return Diagnosis(f"the built-in kernel {first.key} moved too ({first.kind}): {found.hint}",
+                         f"numerics.{first.key}")
+    drift = _drift(as_torch, want, have)
+    if drift.cause:
+        return drift
+    return Diagnosis("the model's outputs moved while every built-in kernel and recorded setting held: an op of the "
+                     "model's own that the probe does not cover changed (another torch build, CPU path or "
+                     "library), or the function's code changed")

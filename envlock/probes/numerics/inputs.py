@@ -19,6 +19,10 @@ SAMPLE_POSITIONS = 8
 # Normalised max error boundaries (-log2) between the precision classes of an fp32 GEMM: fp32 keeps ~22 bits,
 # bf16x3 ~19, TF32 ~13, bf16 ~10 (numerics notes §4.5); the boundaries are the midpoints.
 ERROR_CLASSES = ((20.7, "fp32"), (16.3, "bf16x3"), (11.8, "tf32"), (0.0, "bf16"))
+# The coarser classes of the fused kernels (softmax, layer-norm, attention, cumsum): their libm-like steps (exp,
+# rsqrt) already cost fp32 a few bits, which move with the CPU's vector path; only a drop to TF32 or bf16 inputs
+# is a precision change.
+FUSED_CLASSES = ((15.0, "fp32"), (9.5, "tf32"), (0.0, "bf16"))
 
 
 def _mul32_torch(x: Any, c: int) -> Any:
@@ -155,6 +159,14 @@ def error_class(out: Any, a: Any, b: Any) -> tuple[str, float]:
         if bits > bound:
             return name, bits
     return "bf16", bits
+
+
+def precision_class(out: Any, reference: Any, scale: Any) -> tuple[str, float]:
+    """(class, -log2 of the normalised max error) of any result against its float64 reference, each element's
+    error divided by `scale` (a tensor or a number: what the error is measured against), in FUSED_CLASSES."""
+    err = ((out.detach().cpu().double() - reference).abs() / scale).max().item()
+    bits = 60.0 if err == 0 else -math.log2(err)
+    return next((name for bound, name in FUSED_CLASSES if bits > bound), "bf16"), bits
 
 
 def mantissa_bits_kept(out: Any, want: Any) -> int:

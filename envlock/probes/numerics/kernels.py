@@ -17,6 +17,7 @@ from envlock.probes.numerics.inputs import (
     hash_torch,
     int_canary_torch,
     mantissa_bits_kept,
+    precision_class,
     sensitive_numpy,
     sensitive_torch,
     sha,
@@ -108,6 +109,19 @@ KERNEL_WORK = 1 << 20
 SUM_ELEMENTS = SUM_BLOCK * SUM_TILES
 DENORMAL_ELEMENTS = 1 << 20
 CONV_INPUT, CONV_WEIGHT, CONV_OUTPUT = 64 * 32 * 32, 64 * 64 * 9, 64 * 32 * 32
+# Fixed sizes of the fused and elementwise kernels (their shape is a label, as for sum): rows x columns of softmax
+# and layer-norm, the cumulative sum's length, the random stream's length, attention's heads x sequence x head dim.
+ROWS, COLS = 64, 1024
+CUMSUM_N = 1 << 14
+RANDOM_N = 4096
+RANDOM_SEED = 20240601
+HEADS, SEQ, HEAD_DIM = 4, 64, 64
+SCATTER_ROWS, SCATTER_COLS = 1024, 64
+#: The shape label of each fixed-size kernel: capture writes it, and a lock that says another one is replayed at
+#: these sizes all the same (its bits then differ: the lock was not written by this probe).
+FIXED_SHAPES = {"softmax": f"{ROWS}x{COLS}x1", "layer-norm": f"{ROWS}x{COLS}x1", "cumsum": f"{CUMSUM_N}x1x1",
+                "randn": f"{RANDOM_N}x1x1", "rand": f"{RANDOM_N}x1x1", "sdpa": f"{HEADS}x{SEQ}x{HEAD_DIM}",
+                "scatter-add": f"{SCATTER_ROWS}x{SCATTER_COLS}x64"}
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,23 @@ def kernel_cost(spec: KernelSpec) -> Cost:
     if spec.op == "index-add":
         rows = 4096 * 64
         return fixed + _made(rows, 4) + _made(4096, 8) + Cost(2 * 64 * 64 * 4, 2 * rows)
+    if spec.op == "scatter-add":
+        rows = SCATTER_ROWS * SCATTER_COLS
+        return fixed + _made(rows, 4) + _made(rows, 8) + Cost(2 * 64 * SCATTER_COLS * 4, 2 * rows)
+    if spec.op in ("softmax", "layer-norm"):
+        # x (scaled), out and again, the float64 reference and its temporaries (about six), the canary rows.
+        cells = ROWS * COLS
+        return fixed + _made(cells, size) + Cost(cells * (4 * size + 6 * 8) + 8 * COLS * 12, 40 * cells)
+    if spec.op == "cumsum":
+        # the sensitive input, out and again, the float64 reference, |x| and its cumsum; the integer canary.
+        return fixed + _made(CUMSUM_N, size) + Cost(CUMSUM_N * (3 * size + 5 * 8 + GEN_BYTES + 16), 24 * CUMSUM_N)
+    if spec.op in ("randn", "rand"):
+        return fixed + Cost(RANDOM_N * (2 * size + 8) + (64 << 10), 64 * RANDOM_N)
+    if spec.op == "sdpa":
+        # q, k, v, out and again; the float64 reference: q, k, v, the scores and their softmax, the output.
+        qkv, scores = HEADS * SEQ * HEAD_DIM, HEADS * SEQ * SEQ
+        return fixed + _made(3 * qkv, size) + Cost(qkv * (5 * size + 5 * 8) + scores * (4 * size + 3 * 8),
+                                                   2 * (2 + F64_WEIGHT) * scores * HEAD_DIM + 20 * scores)
     return fixed
 
 
@@ -362,6 +393,107 @@ def _index_add(spec: KernelSpec) -> dict[str, Any]:
             "samples": list(bit_samples(out)), "repeat_equal": bool(torch.equal(out, again))}
 
 
+def _scatter_add(spec: KernelSpec) -> dict[str, Any]:
+    import torch
+
+    source = sensitive_torch(SCATTER_ROWS * SCATTER_COLS, 63, "float32", spec.device).view(SCATTER_ROWS, SCATTER_COLS)
+    index = (hash_torch(SCATTER_ROWS * SCATTER_COLS, 64, spec.device) % 64).view(SCATTER_ROWS, SCATTER_COLS)
+
+    def once() -> Any:
+        return torch.zeros(64, SCATTER_COLS, dtype=torch.float32, device=spec.device).scatter_add_(0, index, source)
+
+    out, again = once(), once()
+    _sync(spec.device)
+    return {"input_sha256": sha(tensor_bytes(source), tensor_bytes(index)), "output_sha256": sha(tensor_bytes(out)),
+            "samples": list(bit_samples(out)), "repeat_equal": bool(torch.equal(out, again))}
+
+
+def _exact_or(mismatches: int) -> str:
+    return "exact" if mismatches == 0 else f"mismatches={mismatches}"
+
+
+def _rowwise(spec: KernelSpec) -> dict[str, Any]:
+    """softmax / layer-norm along rows: sensitive rows (hash, precision class against float64, repeat) and, for
+    softmax, a canary whose answer is exact in any order (constant rows: every output 1/COLS)."""
+    import torch
+    import torch.nn.functional as functional
+
+    dtype = getattr(torch, spec.dtype)
+    x = sensitive_torch(ROWS * COLS, 71, spec.dtype, spec.device).view(ROWS, COLS) * 8  # exp spans e^-8..e^8
+    x64 = x.detach().cpu().double()
+    canary = ""
+    if spec.op == "softmax":
+        out, again = torch.softmax(x, dim=-1), torch.softmax(x, dim=-1)
+        reference = torch.softmax(x64, dim=-1)
+        scale: Any = reference.abs().clamp_min(1e-300)
+        flat = torch.softmax(torch.full((8, COLS), 0.75, dtype=dtype, device=spec.device), dim=-1)
+        canary = _exact_or(int((flat.cpu().double() != 1.0 / COLS).sum().item()))
+    else:
+        out, again = functional.layer_norm(x, (COLS,)), functional.layer_norm(x, (COLS,))
+        reference = functional.layer_norm(x64, (COLS,))
+        scale = 1.0  # outputs are about unit size; cancellation in x - mean makes relative errors meaningless
+    _sync(spec.device)
+    klass, _bits = precision_class(out, reference, scale)
+    return {"input_sha256": sha(tensor_bytes(x)), "output_sha256": sha(tensor_bytes(out)),
+            "samples": list(bit_samples(out)), "error_class": klass, "canary": canary,
+            "repeat_equal": bool(torch.equal(out, again))}
+
+
+def _cumsum(spec: KernelSpec) -> dict[str, Any]:
+    """A running sum: sensitive values (hash, precision class, repeat) and integers whose sum is exact in any order."""
+    import torch
+
+    dtype = getattr(torch, spec.dtype)
+    x = sensitive_torch(CUMSUM_N, 81, spec.dtype, spec.device)
+    out, again = torch.cumsum(x, 0), torch.cumsum(x, 0)
+    ints = int_canary_torch(CUMSUM_N, 82, spec.device)  # |partial sums| <= 16 * 2^14: exact in fp32
+    exact = torch.cumsum(ints, 0).cpu()
+    canary = _exact_or(int((torch.cumsum(ints.to(dtype), 0).cpu().double() != exact.double()).sum().item()))
+    _sync(spec.device)
+    x64 = x.detach().cpu().double()
+    klass, _bits = precision_class(out, torch.cumsum(x64, 0), torch.cumsum(x64.abs(), 0).clamp_min(1e-300))
+    return {"input_sha256": sha(tensor_bytes(x), tensor_bytes(ints)), "output_sha256": sha(tensor_bytes(out)),
+            "samples": list(bit_samples(out)), "error_class": klass, "canary": canary,
+            "repeat_equal": bool(torch.equal(out, again))}
+
+
+def _random(spec: KernelSpec) -> dict[str, Any]:
+    """A seeded stream from a fresh torch.Generator: `rand` is the generator's own numbers, `randn` those numbers
+    through the normal transform (vectorised per CPU capability), so which of the two moved says why."""
+    import torch
+
+    dtype = getattr(torch, spec.dtype)
+    draw = torch.randn if spec.op == "randn" else torch.rand
+
+    def once() -> Any:
+        generator = torch.Generator(device=spec.device).manual_seed(RANDOM_SEED)
+        return draw(RANDOM_N, generator=generator, dtype=dtype, device=spec.device)
+
+    out, again = once(), once()
+    _sync(spec.device)
+    recipe = f"torch.Generator({spec.device}).manual_seed({RANDOM_SEED});{spec.op}({RANDOM_N},{spec.dtype})"
+    return {"input_sha256": sha(recipe.encode()), "output_sha256": sha(tensor_bytes(out)),
+            "samples": list(bit_samples(out)), "repeat_equal": bool(torch.equal(out, again))}
+
+
+def _attention(spec: KernelSpec) -> dict[str, Any]:
+    """scaled_dot_product_attention (the fused kernel torch picks here) against the float64 math it stands for."""
+    import torch
+    import torch.nn.functional as functional
+
+    q, k, v = (sensitive_torch(HEADS * SEQ * HEAD_DIM, seed, spec.dtype, spec.device).view(1, HEADS, SEQ, HEAD_DIM)
+               for seed in (91, 92, 93))
+    out = functional.scaled_dot_product_attention(q, k, v)
+    again = functional.scaled_dot_product_attention(q, k, v)
+    _sync(spec.device)
+    q64, k64, v64 = (t.detach().cpu().double() for t in (q, k, v))
+    reference = torch.softmax(q64 @ k64.transpose(-1, -2) / HEAD_DIM**0.5, dim=-1) @ v64
+    klass, _bits = precision_class(out, reference, 1.0)  # |v| < 1: outputs are weighted means of v
+    return {"input_sha256": sha(tensor_bytes(q), tensor_bytes(k), tensor_bytes(v)),
+            "output_sha256": sha(tensor_bytes(out)), "samples": list(bit_samples(out)), "error_class": klass,
+            "repeat_equal": bool(torch.equal(out, again))}
+
+
 KERNELS = {
     "mm": _matmul,
     "identity-mm": _identity,
@@ -372,5 +504,12 @@ KERNELS = {
     "conv2d": _conv,
     "conv1x1": _conv,
     "index-add": _index_add,
+    "scatter-add": _scatter_add,
+    "softmax": _rowwise,
+    "layer-norm": _rowwise,
+    "cumsum": _cumsum,
+    "randn": _random,
+    "rand": _random,
+    "sdpa": _attention,
 }
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from envlock.model import kernel_key
 from envlock.probes.coretype import blocked_coretype
 from envlock.probes.numerics.inputs import GENERATOR, SUM_BLOCK, SUM_TILES, clear_inputs
 from envlock.probes.numerics.kernels import (
+    FIXED_SHAPES,
     KERNEL_WORK,
     MAX_PROBE_BYTES,
     MAX_PROBE_WORK,
@@ -41,6 +43,13 @@ def default_kernels(*, numpy: bool, torch: bool, cuda_devices: int = 0,
             KernelSpec("identity-mm", "torch", "cpu", "float32", "256x256x1"),
             KernelSpec("int-mm", "torch", "cpu", "float32", "64x64x1024"),
             KernelSpec("denormal", "torch", "cpu", "float32", "1x1x1"),
+            # Half precision on CPU goes through oneDNN (or ATen's own loops): its ISA caps move these bits.
+            KernelSpec("mm", "torch", "cpu", "float16", "128x128x512"),
+            KernelSpec("mm", "torch", "cpu", "bfloat16", "128x128x512"),
+            KernelSpec("int-mm", "torch", "cpu", "float16", "64x64x256"),
+            KernelSpec("int-mm", "torch", "cpu", "bfloat16", "64x64x256"),
+            KernelSpec("conv2d", "torch", "cpu", "float32", "1x64x32"),
+            *_fused("cpu"),
         ]
         specs += [KernelSpec("mm", "torch", "cpu", "float32", shape) for shape in extra_shapes]
     if numpy:
@@ -62,14 +71,27 @@ def default_kernels(*, numpy: bool, torch: bool, cuda_devices: int = 0,
             KernelSpec("conv2d", "torch", device, "float32", "1x64x32"),
             KernelSpec("conv1x1", "torch", device, "float32", "1x64x32"),
             KernelSpec("index-add", "torch", device, "float32", "4096x64x64"),
+            KernelSpec("scatter-add", "torch", device, "float32", FIXED_SHAPES["scatter-add"]),
             KernelSpec("denormal", "torch", device, "float32", "1x1x1"),
+            *_fused(device),
+            KernelSpec("sdpa", "torch", device, "float16", FIXED_SHAPES["sdpa"]),  # the flash / cuDNN backends
         ]
         specs += [KernelSpec("mm", "torch", device, "float32", shape) for shape in extra_shapes]
     return {kernel_id(s): s for s in specs}
 
 
-def collect_numerics(specs: dict[str, KernelSpec]) -> dict[str, Any]:
-    """Raw facts: run each kernel (a failing one says why, one past the probe's budget too) and time the probe."""
+def _fused(device: str) -> list[KernelSpec]:
+    """Fused and generator kernels: softmax and layer-norm (reduction order inside one kernel), a running sum,
+    the seeded random stream (uniform and normal) and scaled-dot-product attention, all float32."""
+    ops = ("softmax", "layer-norm", "cumsum", "rand", "randn", "sdpa")
+    return [KernelSpec(op, "torch", device, "float32", FIXED_SHAPES[op]) for op in ops]
+
+
+def collect_numerics(specs: dict[str, KernelSpec],
+                     advance: Callable[[float], None] = lambda done: None) -> dict[str, Any]:
+    """Raw facts: run each kernel (a failing one says why, one past the probe's budget too) and time the probe.
+
+    `advance(1)` is called after each kernel (progress)."""
     started = time.perf_counter()
     kernels: dict[str, Any] = {}
     budget = Budget()
@@ -92,6 +114,7 @@ def collect_numerics(specs: dict[str, KernelSpec]) -> dict[str, Any]:
             except Exception as exc:  # a kernel that cannot run here is a finding, not a crash
                 result = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             kernels[key] = {**spec.to_dict(), **result}
+            advance(1)
     finally:
         clear_inputs()
     return {"probe": PROBE_VERSION, "generator": GENERATOR, "kernels": kernels,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from envlock._raw import get
-from envlock.model import KernelResult, ModelError, NumericsSection
+from envlock.model import FingerprintResult, KernelResult, ModelError, NumericsSection
 
 
 def parse_numerics(raw: Any) -> NumericsSection | None:
@@ -29,5 +29,18 @@ def parse_numerics(raw: Any) -> NumericsSection | None:
             samples=tuple(get(item, "samples", list, where, [])), error_class=get(item, "error_class", str, where, ""),
             canary=get(item, "canary", str, where, ""), repeat_equal=get(item, "repeat_equal", bool, where, True),
         )
+    fingerprints = {}
+    for name, item in sorted(get(raw, "fingerprints", dict, "numerics", {}).items()):
+        where = f"numerics.fingerprints.{name}"
+        if not isinstance(item, dict):
+            raise ModelError(where, "expected an object")
+        fingerprints[name] = FingerprintResult(
+            source=get(item, "source", str, where), input_sha256=get(item, "input_sha256", str, where),
+            output_sha256=get(item, "output_sha256", str, where),
+            single_thread_sha256=get(item, "single_thread_sha256", str, where, ""),
+            params_sha256=get(item, "params_sha256", str, where, ""),
+            outputs=tuple(get(item, "outputs", list, where, [])), samples=tuple(get(item, "samples", list, where, [])),
+            repeat_equal=get(item, "repeat_equal", bool, where, True),
+        )
     return NumericsSection(probe=get(raw, "probe", str, "numerics"), generator=get(raw, "generator", str, "numerics"),
-                           kernels=kernels)
+                           kernels=kernels, fingerprints=fingerprints)
