@@ -159,7 +159,8 @@ def test_every_refusal_names_a_declared_option() -> None:
     for command in COMMANDS:
         names = {p.name for p in command.params}
         for param in command.params:
-            assert {param.requires} - {""} <= names and {n for n, _ in param.excludes} <= names, param.name
+            assert set(param.requires.split("|")) - {""} <= names and {n for n, _ in param.excludes} <= names, \
+                param.name
             assert param.kind in ("flag", "one", "repeatable") or not (param.requires or param.excludes)
 
 

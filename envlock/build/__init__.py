@@ -54,8 +54,10 @@ def build(
     allow_unpinned_base: bool = False,
     no_cache: bool = False,
     echo: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> BuildResult:
-    """Build (or, with `context_dir`, only write) the image of the lock at `lock_path`."""
+    """Build (or, with `context_dir`, only write) the image of the lock at `lock_path`; `progress` draws the wheel
+    checks on stderr (envlock.progress)."""
     text = read_text(lock_path)
     lock, _ = load(lock_path)
     if base is None:
@@ -71,7 +73,7 @@ def build(
         if not folder.is_dir():
             raise UsageError(f"--wheelhouse {folder}: no such folder")
 
-    gathered = gather(lock, list(wheelhouses), default_cache())
+    gathered = gather(lock, list(wheelhouses), default_cache(), progress=progress)
     wheels = gathered.wheels
     requirements = [Requirement(w.name, w.version, w.path.name, w.sha256) for w in wheels]
     lock_sha = lock.lock.content_hash.removeprefix("sha256:")

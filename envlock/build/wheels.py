@@ -22,6 +22,7 @@ from envlock.build.render import SEEDS
 from envlock.errors import BuildError, UsageError
 from envlock.model import Lock, Package, PythonSection
 from envlock.probes.packages import canonical_name, record_digest
+from envlock.progress import bar
 
 
 @dataclass(frozen=True)
@@ -218,12 +219,14 @@ class Gathered:
     seeded: dict[str, str]  # seed name -> why no wheel of it is used ("" when none was found)
 
 
-def gather(lock: Lock, wheelhouses: list[Path], cache: Path, *, allow_download: bool = True) -> Gathered:
+def gather(lock: Lock, wheelhouses: list[Path], cache: Path, *, allow_download: bool = True,
+           progress: bool = False) -> Gathered:
     """One checked wheel per locked package: from the wheelhouses, else downloaded (index packages only).
 
     Installer seeds (pip, setuptools, wheel) are the exception: when no wheel of the locked build is found (a
     Linux distribution's venv seeds its own patched pip), the image's venv takes them from the base's
-    `python3 -m venv`, and the build checks there that they are the locked ones.
+    `python3 -m venv`, and the build checks there that they are the locked ones. `progress` draws the wheel
+    checks on stderr (envlock.progress).
     """
     missing_local = []
     to_download = []
@@ -267,13 +270,17 @@ def gather(lock: Lock, wheelhouses: list[Path], cache: Path, *, allow_download: 
                 found[name] = path
     wheels = []
     seeded = {name: "" for name in lock.packages if name in SEEDS and name not in found}
-    for name in sorted(found):
-        if name in SEEDS:
-            why, _ = mismatch(name, lock.packages[name], found[name])
-            if why:
-                seeded[name] = why
-                continue
-        wheels.append(check_wheel(name, lock.packages[name], found[name]))
+    with bar("checking wheels", sum(p.stat().st_size for p in found.values()), enabled=progress,
+             unit="B") as advance:
+        for name in sorted(found):
+            if name in SEEDS:
+                why, _ = mismatch(name, lock.packages[name], found[name])
+                if why:
+                    seeded[name] = why
+                    advance(found[name].stat().st_size)
+                    continue
+            wheels.append(check_wheel(name, lock.packages[name], found[name]))
+            advance(found[name].stat().st_size)
     return Gathered(wheels=wheels, seeded=dict(sorted(seeded.items())))
 
 

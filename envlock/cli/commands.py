@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from envlock import slurm
 from envlock.atomic import write_atomic
 from envlock.capturing import capture as capture_lock
 from envlock.errors import ExitCode, UsageError
-from envlock.export import export_requirements
+from envlock.export import export_pylock, export_requirements
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
 from envlock.findings import Report
 from envlock.launcher import detect
@@ -31,8 +32,6 @@ from envlock.report import (
     render_rich,
     render_text,
 )
-from envlock.report_html import render_html
-from envlock.runner import exec_job, find_program, prepare_job
 from envlock.show import render_summary
 from envlock.verifying import VerifyOptions, examine
 from envlock.verifying import diff as diff_locks
@@ -63,6 +62,8 @@ def _report(report: Report, *, as_json: bool, quiet: bool, title: str, format: s
         elif format == "markdown":
             text = render_markdown(report, title=title)
         elif format == "html":
+            from envlock.report_html import render_html  # the page's template: only when asked for
+
             text = render_html(report, title=title, sides=sides)
         else:
             lines = render_github(report, title=title) if format == "github" else render_text(report, title=title)
@@ -95,7 +96,7 @@ def _terminal() -> bool:
 
 
 def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force: bool, add_target: bool,
-            no_numerics: bool, hashes: bool) -> ExitCode:
+            no_numerics: bool, hashes: bool, quiet: bool = False) -> ExitCode:
     """`envlock capture`: write the lock; one line says what was written. Under a launcher (torchrun, srun) the
     lock records what its workers see, and only rank 0 writes it."""
     started_by = detect()
@@ -105,7 +106,10 @@ def capture(*, output: PathArg, facts: Sequence[PathArg], no_torch: bool, force:
     paths = [str(p) for p in facts]
     raw = load_facts_files(paths, use_torch=not no_torch) if paths else None
     result = capture_lock(output, facts=raw, facts_name=", ".join(paths), use_torch=not no_torch, force=force,
-                          add_target=add_target, init_cuda=True, numerics=not no_numerics, hashes=hashes)
+                          add_target=add_target, init_cuda=True, numerics=not no_numerics, hashes=hashes,
+                          progress=progress_wanted(quiet=quiet))
+    for warning in result.shadowed:
+        say(f"envlock: warning: {warning}", err=True)
     lock = result.lock
     kept = "; kept the existing policy and comments" if result.kept_policy else ""
     targets = ", ".join(lock.targets)
@@ -157,9 +161,10 @@ def show(*, lock: PathArg | None) -> ExitCode:
 
 def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts: Sequence[PathArg],
            ignore: Sequence[str], warn: Sequence[str], target: str | None, format: str = "text",
-           output: PathArg | None = None, quiet: bool, strict: bool, distributed: bool,
-           timeout: float | None) -> int:
-    """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed, the fleet's code)."""
+           output: PathArg | None = None, quiet: bool, strict: bool, distributed: bool, ray: bool = False,
+           ray_address: str | None = None, timeout: float | None) -> int:
+    """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed or --ray, the
+    fleet's or the cluster's code)."""
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
                             facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
@@ -169,6 +174,12 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
             raise UsageError("--distributed prints rank 0's report as text or JSON on stdout: drop --format "
                              f"{format}{' and -o' if output is not None else ''} (see envlock verify --help)")
         return _verify_fleet(lock, options, timeout=timeout, as_json=as_json or format == "json", quiet=quiet)
+    if ray:
+        if format not in ("text", "json") or output is not None:
+            raise UsageError("--ray prints the cluster's report as text or JSON on stdout: drop --format "
+                             f"{format}{' and -o' if output is not None else ''} (see envlock verify --help)")
+        return _verify_ray(lock, options, address=ray_address, timeout=timeout,
+                           as_json=as_json or format == "json", quiet=quiet)
     report = examine(lock, options).report
     _report(report, as_json=as_json, quiet=quiet, title="verify", format=format, output=output)
     return _code(report, strict=strict)
@@ -197,6 +208,20 @@ def _verify_fleet(lock: PathArg | None, options: VerifyOptions, *, timeout: floa
     return int(report.exit_code)
 
 
+def _verify_ray(lock: PathArg | None, options: VerifyOptions, *, address: str | None, timeout: float | None,
+                as_json: bool, quiet: bool) -> int:
+    """The Ray cluster's report, grouped by node like the fleet's; the cluster's exit code."""
+    from envlock.ray import verify_cluster  # ray loads for --ray only
+
+    report = verify_cluster(lock, options, address=address, timeout=timeout)
+    if as_json:
+        say(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for line in render_fleet(report, quiet=quiet, title="verify --ray"):
+            say(line)
+    return int(report.exit_code)
+
+
 def diff(*, lock_a: PathArg, lock_b: PathArg, as_json: bool, format: str = "text", output: PathArg | None = None,
          strict: bool) -> ExitCode:
     """`envlock diff`: the report; MISMATCH when the locks differ in an error-severity field."""
@@ -210,20 +235,23 @@ def export(*, lock: PathArg | None, format: str, output: PathArg | None) -> Exit
     """`envlock export`: the lock's packages for an installer, on stdout or into a file; warnings on stderr."""
     path = lock or default_lock_path()
     loaded, _ = load(path)
-    result = export_requirements(loaded, str(path))
+    result = export_pylock(loaded, str(path)) if format == "pylock" else export_requirements(loaded, str(path))
     for warning in result.warnings:
         say(f"envlock: warning: {warning}", err=True)
     if output is None:
         sys.stdout.write(result.text)
     else:
         write_atomic(output, result.text)
-        say(f"wrote {output}: {sum(1 for line in result.text.splitlines() if line and line[0].isalnum())} packages",
-            err=True)
+        count = (result.text.count("[[packages]]") if format == "pylock"
+                 else sum(1 for line in result.text.splitlines() if line and line[0].isalnum()))
+        say(f"wrote {output}: {count} packages", err=True)
     return ExitCode.OK
 
 
 def run(*, command: list[str], lock: PathArg | None, fast: bool, quiet: bool) -> ExitCode:
     """`envlock run`: apply the lock's env vars, verify, then become the job (MISMATCH when it is not started)."""
+    from envlock.runner import exec_job, find_program, prepare_job  # off `verify --fast`'s path (shutil)
+
     find_program(command)  # a command that cannot start is refused before the lock is verified
     job = prepare_job(Path(lock) if lock is not None else None, fast=fast)
     if job.changes and not quiet:
@@ -239,14 +267,14 @@ def run(*, command: list[str], lock: PathArg | None, fast: bool, quiet: bool) ->
 
 
 def build(*, lock: PathArg | None, tag: str | None, base: str | None, context: PathArg | None,
-          wheelhouse: Sequence[PathArg], allow_unpinned_base: bool, no_cache: bool) -> ExitCode:
+          wheelhouse: Sequence[PathArg], allow_unpinned_base: bool, no_cache: bool, quiet: bool = False) -> ExitCode:
     """`envlock build`: build and verify the image, then tag it (MISMATCH when it does not verify)."""
     from envlock.build import build as build_image  # not on the job-start path (tarfile, zipfile, docker)
 
     result = build_image(
         Path(lock or default_lock_path()), tag=tag, base=base, context_dir=Path(context) if context else None,
         wheelhouses=tuple(Path(w) for w in wheelhouse), allow_unpinned_base=allow_unpinned_base, no_cache=no_cache,
-        echo=lambda line: say(f"  {line}"),
+        echo=lambda line: say(f"  {line}"), progress=progress_wanted(quiet=quiet),
     )
     if result.context_dir:
         say(f"wrote the build context to {result.context_dir}: {result.requirements} wheels, "
@@ -262,8 +290,21 @@ def build(*, lock: PathArg | None, tag: str | None, base: str | None, context: P
     return ExitCode.OK
 
 
+def slurm_prolog(*, dry_run: bool) -> int:
+    """`envlock slurm-prolog`: nothing when the job names no lock or the node matches; else drain the node (or
+    cancel the job for a lock it cannot use) and say so on stderr, which slurmd logs."""
+    outcome = slurm.decide_prolog(os.environ)
+    if dry_run:
+        say(slurm.describe(outcome, os.environ))
+        return outcome.code
+    code, lines = slurm.carry_out(outcome, os.environ)
+    for line in lines:
+        say(line, err=True)
+    return code
+
+
 #: The body of each command declared in envlock.cli.options, by name.
 BODIES: dict[str, Callable[..., int]] = {
     "capture": capture, "facts": facts, "show": show, "verify": verify, "diff": diff, "export": export, "run": run,
-    "build": build,
+    "build": build, "slurm-prolog": slurm_prolog,
 }

@@ -34,8 +34,8 @@ ROOT_FLAGS = ("--version", *HELP_FLAGS)
 class Param:
     """One argument or option: `name` is the body's keyword, `flags` what a user types (none for positionals).
 
-    `requires` names the option without which this one does nothing (refused alone); `excludes` pairs another
-    option's name with why the two cannot be given together.
+    `requires` names the option without which this one does nothing (refused alone; `a|b`: without either of
+    them); `excludes` pairs another option's name with why the two cannot be given together.
     """
 
     name: str
@@ -137,7 +137,9 @@ CAPTURE = Command("capture", "Capture this machine and Python environment into a
     flag("add_target", "--add-target", help="Add this machine as another hardware target of the existing lock.",
          excludes={"force": "--add-target adds to the existing lock, --force replaces it"}),
     flag("no_numerics", "--no-numerics", help="Do not run the numerics probe."),
-    flag("hashes", "--hashes", help="Record each package's artifact hashes from the package index (network)."),
+    flag("hashes", "--hashes", help="Record each package's artifact hashes and files from the package index "
+         "(network)."),
+    flag("quiet", "-q", "--quiet", help="Draw no progress bar (drawn only when stderr is a terminal)."),
 ), examples=(
     ("envlock capture", "lock this machine into ./envlock.lock"),
     ("envlock capture --add-target --facts h100.json", "add a recorded machine as one more target"),
@@ -184,18 +186,26 @@ VERIFY = Command("verify", "Check this machine and process against the lock.", (
     flag("quiet", "-q", "--quiet", help="Print nothing when everything matches.",
          excludes={"as_json": "--json prints the report and nothing else"}),
     flag("strict", "--strict", help="Treat warnings as errors: exit 1 when there is any finding.",
-         excludes={"distributed": "the fleet's verdict follows the lock's severities"}),
+         excludes={"distributed": "the fleet's verdict follows the lock's severities",
+                   "ray": "the cluster's verdict follows the lock's severities"}),
     flag("distributed", "--distributed", help="Run on every rank (torchrun, srun): the ranks compare fingerprints "
          "and rank 0 prints one report; every rank exits with the fleet's code (docs/fleet.md)."),
-    option("timeout", "--timeout", type=float, metavar="SECONDS", requires="distributed",
-           help="How long to wait for the other ranks (default $ENVLOCK_FLEET_TIMEOUT, else 60)."),
+    flag("ray", "--ray", help="Verify every alive node of a Ray cluster (RAY_ADDRESS, else the one on this machine): "
+         "one task pinned to each node, the lock sent with it; one report (docs/fleet.md).",
+         excludes={"distributed": "--ray runs one verify per node itself, --distributed runs in a job's ranks",
+                   "facts": "a recorded machine is not a node of the cluster"}),
+    option("ray_address", "--ray-address", metavar="ADDRESS", requires="ray",
+           help="The Ray cluster to verify (host:port of its head, or ray://host:port) instead of RAY_ADDRESS."),
+    option("timeout", "--timeout", type=float, metavar="SECONDS", requires="distributed|ray",
+           help="How long to wait for the other ranks or nodes (default $ENVLOCK_FLEET_TIMEOUT, else 60)."),
 ), examples=(
     ("envlock verify --fast", "check at job start, without importing torch"),
     ("torchrun --nproc-per-node 8 -m envlock verify --distributed", "check every rank of a job"),
 ), exit_codes=exits(0, 1, 2, 3, 130, meaning={
     0: "the machine matches the lock (warnings allowed)",
     1: "a mismatch of error severity (with --strict, any finding)",
-    3: "the machine cannot be examined (NVML broken where the lock needs a GPU, no rank store)",
+    3: "the machine cannot be examined (NVML broken where the lock needs a GPU, no rank store, no Ray "
+       "cluster, a rank or node that never answered)",
 }))
 
 DIFF = Command("diff", "Compare two locks under the first one's policy.", (
@@ -215,16 +225,17 @@ DIFF = Command("diff", "Compare two locks under the first one's policy.", (
     1: "they differ in a field of error severity (with --strict, at all)",
 }))
 
-EXPORT = Command("export", "Write the lock's packages for pip, with their hashes.", (
+EXPORT = Command("export", "Write the lock's packages for pip or uv, with their hashes.", (
     positional("lock", type=Path, metavar="LOCK", help=LOCK_HELP),
-    option("format", "--format", metavar="FORMAT", default="requirements", choices=("requirements",),
+    option("format", "--format", metavar="FORMAT", default="requirements", choices=("requirements", "pylock"),
            help="What to write: requirements (name==version lines with every artifact hash the lock holds and "
-           "the markers of its Python)."),
+           "the markers of its Python) or pylock (a PEP 751 pylock.toml: the wheels `capture --hashes` "
+           "recorded, the lock's hardware under [tool.envlock])."),
     option("output", "-o", "--output", type=Path, metavar="FILE",
            help="Write to FILE instead of stdout (written whole, or not at all)."),
 ), examples=(
     ("envlock export -o requirements.txt", "the locked packages for pip"),
-    ("envlock export ci.lock > requirements.txt", "the same for another lock, on stdout"),
+    ("envlock export --format pylock -o pylock.toml", "a PEP 751 lock for `uv pip install -r pylock.toml`"),
 ), exit_codes=exits(0, 2, 130, meaning={0: "written (warnings on stderr name what was left out)"}))
 
 RUN = Command("run", "Apply the lock's env vars, verify, then become the job.\n\n"
@@ -243,7 +254,7 @@ RUN = Command("run", "Apply the lock's env vars, verify, then become the job.\n\
     3: "the machine cannot be examined: the job was not started",
 }))
 
-BUILD = Command("build", "Build an image with exactly the locked packages, then verify it.\n\n"
+BUILD = Command("build", "Build and verify an image with exactly the locked packages.\n\n"
                 "The image is tagged only when `envlock verify` passes inside it.", (
     positional("lock", type=Path, metavar="LOCK", help=LOCK_HELP),
     option("tag", "--tag", metavar="TAG", help="The image tag to set when the image verifies."),
@@ -255,6 +266,7 @@ BUILD = Command("build", "Build an image with exactly the locked packages, then 
          help="Accept a base given by tag alone (it can move under the lock)."),
     flag("no_cache", "--no-cache", help="Do not reuse the engine's build cache.",
          excludes={"context": "--context builds nothing"}),
+    flag("quiet", "-q", "--quiet", help="Draw no progress bar (drawn only when stderr is a terminal)."),
 ), examples=(
     ("envlock build --base python:3.11-slim@sha256:DIGEST --tag team/train:1", "build, verify and tag the image"),
     ("envlock build --base IMAGE_ID --context ctx/", "only write the build context, to build it elsewhere"),
@@ -264,8 +276,24 @@ BUILD = Command("build", "Build an image with exactly the locked packages, then 
     3: "the Docker Engine cannot be reached (see DOCKER_HOST)",
 }))
 
+SLURM_PROLOG = Command("slurm-prolog", "Check this node against a Slurm job's lock (as a Prolog).\n\n"
+                       "Run as slurm.conf's Prolog, through a script that execs it. A job names its lock in its "
+                       "comment (sbatch --comment envlock:/path/envlock.lock); without one it passes quietly. A "
+                       "mismatch drains the node with the cause as the reason; a lock that cannot be used cancels "
+                       "the job and leaves the node in service (docs/fleet.md).", (
+    flag("dry_run", "--dry-run", help="Say what it would do (pass, drain, cancel) and do none of it."),
+), examples=(
+    ("envlock slurm-prolog", "as the Prolog: check the node for $SLURM_JOB_ID"),
+    ("SLURM_JOB_ID=7 SLURM_JOB_COMMENT=envlock:a.lock envlock slurm-prolog --dry-run", "what it would do"),
+), exit_codes=exits(0, 1, 2, 3, 130, meaning={
+    0: "the node matches, the job names no lock, or the job was cancelled for its lock",
+    1: "the node does not match the lock: it was drained",
+    2: "not run as a Prolog (SLURM_JOB_ID is not set), or the job could not be cancelled",
+    3: "the node or the job cannot be examined: it was drained",
+}))
+
 #: In the order `envlock --help` lists them.
-COMMANDS: tuple[Command, ...] = (CAPTURE, FACTS, SHOW, VERIFY, DIFF, EXPORT, RUN, BUILD)
+COMMANDS: tuple[Command, ...] = (CAPTURE, FACTS, SHOW, VERIFY, DIFF, EXPORT, RUN, BUILD, SLURM_PROLOG)
 BY_NAME: dict[str, Command] = {c.name: c for c in COMMANDS}
 
 #: `envlock --help`: what the whole tool does, two examples, every exit code.
@@ -428,8 +456,10 @@ def settle(name: str, values: dict[str, Any]) -> dict[str, Any]:
                              f"{see(command)}")
         if not _given(param, settled.get(param.name)):
             continue
-        if param.requires and not _given(other := command.param(param.requires), settled.get(param.requires)):
-            raise UsageError(f"{param.shown} does nothing without {other.shown} {see(command)}")
+        needed = [command.param(n) for n in param.requires.split("|") if n]  # `a|b`: either one will do
+        if needed and not any(_given(other, settled.get(other.name)) for other in needed):
+            raise UsageError(f"{param.shown} does nothing without {' or '.join(o.shown for o in needed)} "
+                             f"{see(command)}")
         for name_, why in param.excludes:
             other = command.param(name_)
             if _given(other, settled.get(name_)):
