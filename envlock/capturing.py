@@ -152,7 +152,8 @@ def _previous(path: Path) -> tuple[str | None, Policy | None]:
     try:
         return text, from_dict(Policy, data["policy"], "policy")
     except ModelError as exc:
-        raise LockError(str(path), exc.message + " (fix the policy, or re-capture with --force)", exc.where) from None
+        raise LockError(str(path), exc.message + " (fix it in the lock's [policy] and capture again; --force "
+                        "would replace the whole policy, your rules included, with the defaults)", exc.where) from None
 
 
 def _looks_like_a_lock(text: str, data: dict[str, Any]) -> bool:

@@ -62,6 +62,22 @@ def _hints(cls: type) -> dict[str, Any]:
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+#: Grammars with a plain description, said in an error instead of the regular expression.
+_PLAIN: dict[str, str] = {}
+
+
+def describe(pattern: str, text: str) -> str:
+    """Give `pattern` a plain description for error messages ("an environment variable name: A-Z, 0-9, _");
+    returns the pattern, so a model can write `ENV_NAME = describe(r"...", "...")`."""
+    _PLAIN[pattern] = text
+    return pattern
+
+
+def _expected(pattern: str) -> str:
+    plain = _PLAIN.get(pattern)
+    return f"expected {plain}" if plain else f"must match {pattern}"
+
+
 def _match(pattern: str, value: str) -> bool:
     if _SURROGATE.search(value) is not None:
         return False
@@ -134,7 +150,7 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         if _SURROGATE.search(value) is not None:
             raise ModelError(where, f"{_describe(value)} is not valid Unicode text (a lone surrogate)")
         if not _match(pattern, value):
-            raise ModelError(where, f"{_describe(value)} is not allowed here (must match {pattern})")
+            raise ModelError(where, f"{_describe(value)} is not allowed here ({_expected(pattern)})")
         return value
     if kind == "model":
         return from_dict(arg, value, where)
@@ -163,7 +179,7 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
     out = {}
     for key, item in value.items():
         if not _match(key_pattern, key):
-            raise ModelError(_join(where, key), f"key {key!r} is not allowed here (must match {key_pattern})")
+            raise ModelError(_join(where, key), f"key {key!r} is not allowed here ({_expected(key_pattern)})")
         out[key] = _convert(arg, item, _join(where, key), _NO_META)
     return out
 

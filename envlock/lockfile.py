@@ -193,6 +193,8 @@ def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
 
 def loads(text: str, name: str = "envlock.lock") -> tuple[Lock, list[str]]:
     """A validated Lock from TOML text, and any warnings; raises LockError naming the dotted place."""
+    if not text.strip():
+        raise LockError(name, "the file is empty, not a lock (write one with `envlock capture`)")
     data = parse_toml(text, name)
     warnings = check_schema_version(data, name)
     try:

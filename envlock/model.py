@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from envlock.dataform import SAFE_TEXT as SAFE_TEXT
 from envlock.dataform import ModelError as ModelError
+from envlock.dataform import describe, grammar, keyed, schema_of
 from envlock.dataform import from_dict as from_dict
-from envlock.dataform import grammar, keyed, schema_of
 from envlock.dataform import to_dict as to_dict
 
 SCHEMA_VERSION = "1.0"
@@ -26,7 +26,7 @@ SHA256 = r"sha256:[0-9a-f]{64}"
 TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
 SCHEMA = r"[0-9]{1,3}\.[0-9]{1,3}"
 IDENT = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"
-ENV_NAME = r"[A-Z][A-Z0-9_]{0,127}"
+ENV_NAME = describe(r"[A-Z][A-Z0-9_]{0,127}", "an environment variable name in capitals: A-Z, then A-Z, 0-9 or _")
 POLICY_KEY = r"[A-Za-z0-9_*+.:-]{1,256}"
 URL = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{1,2048}"
 COMMIT = r"[0-9a-f]{7,64}"
@@ -36,7 +36,8 @@ SHAPE = r"[0-9]{1,9}x[0-9]{1,5}x[0-9]{1,5}"
 HEXBITS = r"[0-9a-f]{4,16}"
 #: A Python callable by import path, `package.module:function` (or `module:object.method`).
 _PY_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
-CALLABLE = rf"{_PY_NAME}(?:\.{_PY_NAME}){{0,15}}:{_PY_NAME}(?:\.{_PY_NAME}){{0,7}}"
+CALLABLE = describe(rf"{_PY_NAME}(?:\.{_PY_NAME}){{0,15}}:{_PY_NAME}(?:\.{_PY_NAME}){{0,7}}",
+                    "module:function (a Python module path, a colon, a name in it)")
 #: A distribution file name (wheel or sdist), no folder.
 FILENAME = r"[A-Za-z0-9][A-Za-z0-9._+!-]{0,254}"
 

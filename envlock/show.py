@@ -132,7 +132,9 @@ def _numerics_line(n: NumericsSection | None) -> str:
     devices = Counter(k.device for k in n.kernels.values())
     where = (next(iter(devices)) if len(devices) == 1
              else ", ".join(f"{device} ({count})" for device, count in sorted(devices.items())))
-    return f"  numerics   {_plural(len(n.kernels), 'probe kernel')} ({n.probe}) on {where}"
+    mine = "; fingerprints: " + ", ".join(f"{name} ({r.source})" for name, r in sorted(n.fingerprints.items())) \
+        if n.fingerprints else ""
+    return f"  numerics   {_plural(len(n.kernels), 'probe kernel')} ({n.probe}) on {where}{mine}"
 
 
 def _target_lines(name: str, target: Target) -> list[str]:

@@ -137,9 +137,26 @@ def evaluate(lock: Lock, observed: Observed, policy: Policy, *, target: str | No
     already = {f.path for f in findings}
     findings.extend(f for f in modified_findings(observed.modified, lock, policy, deep=observed.deep)
                     if f.path not in already)
+    findings.extend(unrecorded_fingerprints(lock, comparison.target, policy))
     return Report(lock=name, target=comparison.target, findings=ordered(findings), skipped=observed.skipped,
                   notes=tuple(notes) + comparison.notes, sources=tuple(sources),
                   skipped_because=observed.skipped_because)
+
+
+def unrecorded_fingerprints(lock: Lock, target: str, policy: Policy) -> list[Finding]:
+    """A warning when the lock's `[policy] fingerprints` names a callable the target has no result of (added by
+    hand after the capture): verify replays only what capture recorded, so it would silently not be checked."""
+    numerics = lock.targets[target].numerics if target in lock.targets else None
+    recorded = {result.source for result in numerics.fingerprints.values()} if numerics is not None else set()
+    missing = [source for source in lock.policy.fingerprints if source not in recorded]
+    rule = rule_for(policy, "numerics.fingerprints")
+    if not missing or rule.rule == "ignore":
+        return []
+    return [Finding(path="numerics.fingerprints", expected="recorded by `envlock capture`",
+                    actual=f"{', '.join(missing)} not recorded", severity="warn",
+                    hint=f"[policy] fingerprints names {', '.join(missing)}, which this lock has no result of (added "
+                         "after the capture?): verify checks only what capture recorded, so run `envlock capture` "
+                         "again to record it")]
 
 
 def _for_launcher(finding: Finding, launcher: str) -> Finding:
@@ -173,6 +190,7 @@ def examine(path: str | os.PathLike[str] | None = None, options: VerifyOptions =
 
 #: Paths a report can have that no single field of a lock flattens to.
 REPORT_ONLY = ("targets", "floats.torch", "gpu.driver_for_cuda", "cuda.kernels.*", "cuda.shadowed.*",
+               "numerics.fingerprints",
                "fleet.homogeneous")
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -121,6 +122,8 @@ def test_the_example_is_recorded_in_the_lock_and_verifies_clean(example: Path) -
     for i in range(3):
         report = envlock.verify(str(example))
         assert report.findings == (), f"run {i}: {report.findings}"
+    shown = console("show", example, cwd=example.parent)
+    assert shown.returncode == 0 and "; fingerprints: tiny (mymodel_fp:model_fingerprint)" in shown.stdout, shown
 
 
 @pytest.mark.torch
@@ -399,3 +402,18 @@ def test_a_compatible_rule_allows_the_fingerprints_order_drift() -> None:
     changed = _section({"params_sha256": _hash("9")})
     (found,) = compare_numerics(want, changed, {}, policy, ({}, {}))
     assert found.actual.startswith("model changed: ") and found.severity == "error"
+
+
+@pytest.mark.slow
+def test_a_registration_added_after_the_capture_is_a_warning_not_a_silent_pass(project: Path) -> None:
+    """A hand-added `fingerprints` line does nothing until the next capture records it: verify says so."""
+    add_to_policy(project, 'fingerprints = ["no_such_module_fp:f"]\n')
+
+    done = console("verify", "--fast", "--json", project, cwd=project.parent)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    (found,) = [f for f in json.loads(done.stdout)["findings"] if f["path"] == "numerics.fingerprints"]
+    assert (found["severity"], found["actual"]) == ("warn", "no_such_module_fp:f not recorded")
+    assert "run `envlock capture` again to record it" in found["hint"]
+    quiet = console("verify", "--fast", "--ignore", "numerics.fingerprints", project, cwd=project.parent)
+    assert quiet.returncode == 0 and "warning" not in quiet.stdout, quiet.stdout + quiet.stderr

@@ -123,9 +123,15 @@ def test_unreadable_file_is_one_line_exit_2(cli: Any, tmp_path: Path, content: b
     assert message in error_line(cli("show", str(path)), path)
 
 
-@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n"], ids=["empty", "blank", "comment"])
-def test_empty_lock_names_the_missing_lock_table(cli: Any, tmp_path: Path, content: str) -> None:
+@pytest.mark.parametrize("content", ["", "\n\n", " \t\n"], ids=["empty", "blank", "spaces"])
+def test_an_empty_lock_file_is_called_empty(cli: Any, tmp_path: Path, content: str) -> None:
     path = write(tmp_path, content)
+    assert error_line(cli("show", str(path)), path) == (
+        "the file is empty, not a lock (write one with `envlock capture`)")
+
+
+def test_a_lock_of_only_comments_names_the_missing_lock_table(cli: Any, tmp_path: Path) -> None:
+    path = write(tmp_path, "# only a comment\n")
     assert refused_at(cli("show", str(path)), path, "lock") == "required table is missing"
 
 
@@ -790,3 +796,12 @@ def test_a_kernel_whose_id_does_not_say_what_it_runs_is_refused(cli: Any, tmp_pa
     where = place("targets", target(data), "numerics", "kernels", "torch-cpu-mm-float32-1x1x1")
     message = refused_at(cli("show", str(path)), path, where)
     assert message == f"kernel id does not match what it runs (its fields make {first})"
+
+
+def test_a_bad_extra_env_name_is_said_in_words_not_as_a_pattern(cli: Any, tmp_path: Path,
+                                                                 data: dict[str, Any]) -> None:
+    data["policy"]["extra_env"] = ["my_seed"]
+    path = write(tmp_path, tomlkit.dumps(data))
+    message = refused_at(cli("show", str(path)), path, "policy.extra_env[0]")
+    assert message == ("a string ('my_seed') is not allowed here (expected an environment variable name in "
+                       "capitals: A-Z, then A-Z, 0-9 or _)")

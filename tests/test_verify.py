@@ -252,7 +252,9 @@ def test_deep_names_the_file_edited_inside_an_installed_package(
     assert (found.path, found.severity) == (f"packages.{TINY}.files", "error")
     assert "tiny_pkg/util.py (modified)" in found.hint
     assert "tiny_pkg/__init__.py (missing)" in found.hint
-    assert f"pip install --force-reinstall --no-deps {TINY}==1.0" in found.hint
+    # tiny-pkg came from a local wheel: the line reinstalls that file, not whatever the index has as 1.0.
+    assert f"`pip install --force-reinstall --no-deps '{lock.packages[TINY].url}'`" in found.hint
+    assert lock.packages[TINY].source == "local" and lock.packages[TINY].url.endswith("tiny_pkg-1.0-py3-none-any.whl")
     # The RECORD digest did not move: only --deep sees the edit.
     assert verify_api_lock_facts(lock, facts) == ()
 
@@ -306,7 +308,8 @@ def test_verify_fast_names_a_file_whose_size_is_not_its_records(tiny_venv: Venv,
         assert found["severity"] == "error" and found["actual"] == "2 file(s) changed"
         assert "tiny_pkg/util.py (" in found["hint"] and " bytes in RECORD, " in found["hint"]
         assert "tiny_pkg/__init__.py (missing)" in found["hint"]
-        assert f"`pip install --force-reinstall --no-deps {TINY}==1.0`" in found["hint"]
+        assert "`pip install --force-reinstall --no-deps 'file://" in found["hint"]
+        assert "tiny_pkg-1.0-py3-none-any.whl'` restores it" in found["hint"]
         assert "found by size, `envlock verify --deep` re-hashes every file" in found["hint"]
 
     warned = console("verify", "--fast", "--warn", f"packages.{TINY}.files", "envlock.lock", cwd=work, env=env)

@@ -236,12 +236,13 @@ def export(*, lock: PathArg | None, format: str, output: PathArg | None) -> Exit
     path = lock or default_lock_path()
     loaded, _ = load(path)
     result = export_pylock(loaded, str(path)) if format == "pylock" else export_requirements(loaded, str(path))
-    for warning in result.warnings:
-        say(f"envlock: warning: {warning}", err=True)
     if output is None:
         sys.stdout.write(result.text)
     else:
-        write_atomic(output, result.text)
+        write_atomic(output, result.text)  # first: an output that cannot be written is the one line said
+    for warning in result.warnings:
+        say(f"envlock: warning: {warning}", err=True)
+    if output is not None:
         count = (result.text.count("[[packages]]") if format == "pylock"
                  else sum(1 for line in result.text.splitlines() if line and line[0].isalnum()))
         say(f"wrote {output}: {count} packages", err=True)

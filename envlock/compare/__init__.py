@@ -20,7 +20,7 @@ from envlock.compare.lockdiff import between_hint
 from envlock.compare.numerics import compare_numerics
 from envlock.errors import UsageError
 from envlock.findings import ABSENT, UNSET, Finding, ordered, text
-from envlock.model import Lock, Policy, Rule, Target, to_dict
+from envlock.model import Lock, Package, Policy, Rule, Target, to_dict
 from envlock.policy import explicit_rule, rule_for
 from envlock.probes.coretype import coretype_verdict
 from envlock.probes.cpu import older_answer
@@ -286,6 +286,17 @@ def compare_locks(
     return Comparison(findings=ordered(findings), skipped=skip, target=name, notes=tuple(notes))
 
 
+def _restore(name: str, package: Package) -> str:
+    """The pip line that puts back the locked files of a package: from where it was installed when that was a URL
+    or a local file (the index may hold other files under the same version)."""
+    if package.source in ("url", "local") and package.url:
+        return f"`pip install --force-reinstall --no-deps '{package.url}'`"
+    if package.source == "vcs" and package.url and package.commit:
+        url = package.url if "+" in package.url.split("://", 1)[0] else f"git+{package.url}"
+        return f"`pip install --force-reinstall --no-deps '{name} @ {url}@{package.commit}'`"
+    return f"`pip install --force-reinstall --no-deps {name}=={package.version}`"
+
+
 def modified_findings(modified: Mapping[str, tuple[tuple[str, str], ...]], lock: Lock,
                       policy: Policy | None = None, *, deep: bool = True) -> list[Finding]:
     """One finding per locked package with files changed since install: name -> (file, what), from re-hashing
@@ -304,11 +315,11 @@ def modified_findings(modified: Mapping[str, tuple[tuple[str, str], ...]], lock:
         how = "" if deep else "; found by size, `envlock verify --deep` re-hashes every file"
         findings.append(Finding(
             path=path,
-            expected="files as installed (RECORD)",
+            expected="as in RECORD",
             actual=f"{len(problems)} file(s) changed",
             severity=rule.severity if rule is not None else "error",
             hint=f"modified inside {name} since it was installed: {shown}{more}; "
-                 f"`pip install --force-reinstall --no-deps {name}=={lock.packages[name].version}` restores it"
+                 f"{_restore(name, lock.packages[name])} restores it"
                  f"{how}",
         ))
     return findings
