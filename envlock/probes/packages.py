@@ -115,6 +115,21 @@ def record_sizes(record_text: str, dist_info: str) -> tuple[tuple[str, ...], tup
     return tuple(paths), tuple(sizes)
 
 
+def _write_cache(path: str, data: bytes) -> None:
+    """Replace a cache file (write a temporary next to it, then rename); a cache that cannot be written is not."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+
+
 def _stat_key(st: os.stat_result) -> list[int]:
     """What moves when a file is rewritten in any way: a cached value for it holds while this holds."""
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
@@ -184,17 +199,11 @@ class SizeTables:
         import marshal
 
         entries = {k: v for k, v in self.entries.items() if k in seen}
-        temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(temporary, "wb") as handle:
-                handle.write(marshal.dumps({"version": 1, "entries": entries}))
-            os.replace(temporary, self.path)
-        except (OSError, ValueError):
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+            data = marshal.dumps({"version": 1, "entries": entries})
+        except ValueError:
+            return
+        _write_cache(self.path, data)
 
 
 def search_path(path: Iterable[str] | None = None) -> list[str]:
@@ -282,17 +291,7 @@ class DigestCache:
         if self.path is None or not self.changed:
             return
         entries = {k: v for k, v in self.entries.items() if k in seen}
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump({"version": 1, "entries": entries}, handle, separators=(",", ":"))
-            os.replace(temporary, self.path)
-        except OSError:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+        _write_cache(self.path, json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode())
 
 
 def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True) -> list[dict[str, Any]]:
