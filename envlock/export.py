@@ -79,10 +79,14 @@ def export_requirements(lock: Lock, name: str) -> Export:
     if left_out:
         warnings.append(f"left out, not installable from an index: {', '.join(left_out)}")
     if unhashed:
-        shown = ", ".join(unhashed[:5]) + (f" and {len(unhashed) - 5} more" if len(unhashed) > 5 else "")
-        warnings.append(f"no artifact hashes in the lock for {shown}: `envlock capture --hashes` records them; "
-                        "without them pip refuses --require-hashes")
+        warnings.append(f"no artifact hashes in the lock for {_first_few(unhashed)}: `envlock capture --hashes` "
+                        "records them; without them pip refuses --require-hashes")
     return Export(text="\n".join(lines) + "\n", warnings=tuple(warnings))
+
+
+def _first_few(names: list[str]) -> str:
+    """Up to five names, and how many more."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _file_entry(artifact: Artifact) -> dict[str, Any]:
@@ -159,9 +163,8 @@ def pylock_data(lock: Lock, name: str) -> tuple[dict[str, Any], tuple[str, ...]]
     if left_out:
         warnings.append(f"left out, not installable from an index: {', '.join(left_out)}")
     if unfiled:
-        shown = ", ".join(unfiled[:5]) + (f" and {len(unfiled) - 5} more" if len(unfiled) > 5 else "")
-        warnings.append(f"left out, no artifact files in the lock for {shown}: `envlock capture --hashes` "
-                        "records them")
+        warnings.append(f"left out, no artifact files in the lock for {_first_few(unfiled)}: "
+                        "`envlock capture --hashes` records them")
     doc = {
         "lock-version": "1.0",
         "environments": [markers(lock)],

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -115,6 +115,19 @@ def record_sizes(record_text: str, dist_info: str) -> tuple[tuple[str, ...], tup
     return tuple(paths), tuple(sizes)
 
 
+def _read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[str, Any]:
+    """The entries of a cache file (`{"version": 1, "entries": {...}}`), or {} for one that is missing, too big or
+    unreadable in any way: a cache only ever saves time."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+        data = decode(raw) if len(raw) <= limit else {}
+    except (OSError, ValueError, EOFError, TypeError):
+        data = {}
+    entries = data.get("entries") if isinstance(data, dict) and data.get("version") == 1 else None
+    return entries if isinstance(entries, dict) else {}
+
+
 def _write_cache(path: str, data: bytes) -> None:
     """Replace a cache file (write a temporary next to it, then rename); a cache that cannot be written is not."""
     temporary = f"{path}.{os.getpid()}.tmp"
@@ -166,18 +179,10 @@ class SizeTables:
         self.path = DigestCache._location(f"record-sizes-{name}.{sys.implementation.cache_tag}.marshal")
         self.entries: dict[str, Any] = {}
         self.changed = False
-        if self.path is None:
-            return
-        import marshal
+        if self.path is not None:
+            import marshal
 
-        try:
-            with open(self.path, "rb") as handle:
-                raw = handle.read(self.LIMIT + 1)
-            data = marshal.loads(raw) if len(raw) <= self.LIMIT else {}
-        except (OSError, ValueError, EOFError, TypeError):
-            data = {}
-        if isinstance(data, dict) and data.get("version") == 1 and isinstance(data.get("entries"), dict):
-            self.entries = data["entries"]
+            self.entries = _read_cache(self.path, self.LIMIT, marshal.loads)
 
     def table(self, record: str, dist_info: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """The (paths, sizes) of the RECORD at `record` (OSError when it cannot be read)."""
@@ -255,16 +260,8 @@ class DigestCache:
         self.path = self._location(f"record-digests-{name}.json")
         self.entries: dict[str, list[Any]] = {}
         self.changed = False
-        if self.path is None:
-            return
-        try:
-            with open(self.path, "rb") as handle:
-                raw = handle.read(self.LIMIT + 1)
-            data = json.loads(raw) if len(raw) <= self.LIMIT else {}
-        except (OSError, ValueError):
-            data = {}
-        if isinstance(data, dict) and data.get("version") == 1 and isinstance(data.get("entries"), dict):
-            self.entries = data["entries"]
+        if self.path is not None:
+            self.entries = _read_cache(self.path, self.LIMIT, json.loads)
 
     @staticmethod
     def _location(name: str) -> str | None:
