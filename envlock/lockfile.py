@@ -172,7 +172,8 @@ def check_schema_version(data: dict[str, Any], name: str) -> list[str]:
     """Refuse an unknown major schema version; return warnings for a newer minor."""
     header = data.get("lock")
     if not isinstance(header, dict):
-        raise LockError(name, "required table is missing" if header is None else "expected a table", "lock")
+        raise LockError(name, "required table is missing: not an envlock lock (`envlock capture` writes one)"
+                        if header is None else "expected a table", "lock")
     schema = header.get("schema")
     if not isinstance(schema, str):
         raise LockError(name, "expected a string such as \"1.0\"", "lock.schema")

@@ -132,7 +132,8 @@ def test_an_empty_lock_file_is_called_empty(cli: Any, tmp_path: Path, content: s
 
 def test_a_lock_of_only_comments_names_the_missing_lock_table(cli: Any, tmp_path: Path) -> None:
     path = write(tmp_path, "# only a comment\n")
-    assert refused_at(cli("show", str(path)), path, "lock") == "required table is missing"
+    assert refused_at(cli("show", str(path)), path, "lock") == (
+        "required table is missing: not an envlock lock (`envlock capture` writes one)")
 
 
 def test_missing_file_and_directory_are_one_line(cli: Any, tmp_path: Path) -> None:
@@ -300,7 +301,7 @@ def test_newer_minor_with_a_bad_hash_is_still_refused(cli: Any, tmp_path: Path, 
         (("python",), "python", "required key is missing"),
         (("floats",), "floats", "required key is missing"),
         (("targets",), "targets", "required key is missing"),
-        (("lock",), "lock", "required table is missing"),
+        (("lock",), "lock", "required table is missing: not an envlock lock (`envlock capture` writes one)"),
         (("lock", "content_hash"), "lock.content_hash", "required key is missing"),
         (("lock", "created"), "lock.created", "required key is missing"),
         (("python", "implementation"), "python.implementation", "required key is missing"),
