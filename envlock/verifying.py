@@ -39,7 +39,7 @@ from envlock.probes.cuda import Shadow, find_shadowed
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.numerics.fingerprint import replay_fingerprints
-from envlock.probes.packages import SizeTables, canonical_name, changed_sizes
+from envlock.probes.packages import SizeTables, canonical_name, changed_sizes_all
 from envlock.progress import bar
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
@@ -317,7 +317,8 @@ def resized_files(facts: Mapping[str, Any], lock: Lock, current: Lock,
         items.append((name, str(item["location"]), str(item["metadata_dir"])))
     tables = SizeTables(sorted({location for _, location, _ in items}))
     records: set[str] = set()
-    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    names: list[str] = []
+    jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
     for name, location, dist_info in items:
         record = os.path.join(location, dist_info, "RECORD")
         records.add(record)
@@ -325,11 +326,10 @@ def resized_files(facts: Mapping[str, Any], lock: Lock, current: Lock,
             paths, sizes = tables.table(record, dist_info)
         except OSError:
             continue  # its digest was just taken from it: a RECORD gone since is the next run's finding
-        changed = changed_sizes(location, paths, sizes)
-        if changed:
-            out[name] = tuple(changed)
+        names.append(name)
+        jobs.append((location, paths, sizes))
     tables.save(records)
-    return out
+    return {name: tuple(changed) for name, changed in zip(names, changed_sizes_all(jobs), strict=True) if changed}
 
 
 def _as_lock(facts: dict[str, Any], lock: Lock, facts_name: str) -> Lock:

@@ -25,6 +25,7 @@ from envlock.probes.packages import (
     SizeTables,
     canonical_name,
     changed_sizes,
+    changed_sizes_all,
     collect_packages,
     parse_packages,
     parse_source,
@@ -695,6 +696,77 @@ def test_changed_sizes_names_resized_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "grown.py").write_text("x = 1  # edited\n")
     assert changed_sizes(str(tmp_path), ("pkg/same.py", "pkg/grown.py", "pkg/gone.py"), (6, 6, 3)) == [
         ("pkg/grown.py", "6 bytes in RECORD, 16 on disk"), ("pkg/gone.py", "missing")]
+
+
+def _size_jobs(root: Path) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
+    """Four packages of 50 files each; in the first and the last one file grew and one is gone."""
+    jobs = []
+    for number in range(4):
+        location = root / f"site{number}"
+        (location / "pkg").mkdir(parents=True)
+        paths = tuple(f"pkg/f{i}.py" for i in range(50))
+        for path in paths:
+            (location / path).write_text("x = 1\n")
+        if number in (0, 3):
+            (location / "pkg" / "f7.py").write_text("x = 1  # edited\n")
+            (location / "pkg" / "f9.py").unlink()
+        jobs.append((str(location), paths, (6,) * 50))
+    return jobs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="the forked half runs on Linux with two usable cores")
+def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import envlock.probes.packages as packages
+
+    jobs = _size_jobs(tmp_path)
+    alone = [changed_sizes(*job) for job in jobs]
+    assert alone[0] == alone[3] == [("pkg/f7.py", "6 bytes in RECORD, 16 on disk"), ("pkg/f9.py", "missing")]
+    assert alone[1] == alone[2] == []
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counted() -> int:
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(packages, "_may_fork", lambda: True)
+    monkeypatch.setattr(os, "fork", counted)
+    assert changed_sizes_all(jobs, parallel_from=0) == alone
+    assert forks == [1]
+    assert changed_sizes_all(jobs) == alone  # 200 files: below the threshold, no child
+    assert forks == [1]
+
+
+def test_a_failed_child_has_its_half_done_by_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import envlock.probes.packages as packages
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    jobs = _size_jobs(tmp_path)
+
+    def broken(_: object) -> list[list[tuple[str, str]]]:
+        raise RuntimeError("the child fails")
+
+    monkeypatch.setattr(packages, "_may_fork", lambda: True)
+    monkeypatch.setattr(packages, "_child_sizes", broken)
+    assert changed_sizes_all(jobs, parallel_from=0) == [changed_sizes(*job) for job in jobs]
+
+
+def test_no_child_while_another_thread_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import envlock.probes.packages as packages
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, args=(10,))
+    worker.start()
+    try:
+        assert packages._may_fork() is False
+    finally:
+        release.set()
+        worker.join(10)
 
 
 def test_the_size_tables_are_cached_and_taken_again_when_record_is_rewritten(

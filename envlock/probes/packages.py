@@ -167,6 +167,111 @@ def changed_sizes(location: str, paths: tuple[str, ...], sizes: tuple[int, ...])
     return out
 
 
+#: Below this many files the size check stays on one core: starting a second process costs more than it saves.
+PARALLEL_FILES = 8000
+
+
+def changed_sizes_all(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]], *,
+                      parallel_from: int = PARALLEL_FILES) -> list[list[tuple[str, str]]]:
+    """changed_sizes for each (location, paths, sizes) job, in order.
+
+    The stats are syscall-bound (about 1.6 µs per file on a cold dentry), so with enough files, on Linux, with a
+    second usable core and no other thread running, a forked child stats the second half of the files while this
+    process stats the first: the check takes about half as long. A child that fails in any way has its half
+    done here, so the answer is always the one-core answer."""
+    total = sum(len(paths) for _, paths, _ in jobs)
+    split = len(jobs)
+    if total >= parallel_from and len(jobs) > 1 and _may_fork():
+        done = 0
+        for index, (_, paths, _) in enumerate(jobs):
+            if done * 2 >= total:  # half the files are in the jobs before this one
+                split = index
+                break
+            done += len(paths)
+    child = _start_child(jobs[split:]) if split < len(jobs) else None
+    mine = [changed_sizes(*job) for job in jobs[:split]]
+    theirs = _join_child(child, len(jobs) - split) if child is not None else None
+    if theirs is None:
+        theirs = [changed_sizes(*job) for job in jobs[split:]]
+    return mine + theirs
+
+
+def _may_fork() -> bool:
+    """Whether a child can safely share the work: Linux (fork is cheap and well-behaved there), more than one
+    core this process may use, and no other thread (a fork with threads can leave locks held in the child)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except OSError:
+        return False
+
+
+def _child_sizes(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]]) -> list[list[tuple[str, str]]]:
+    """The child's share of changed_sizes_all (a seam for the tests)."""
+    return [changed_sizes(*job) for job in jobs]
+
+
+def _start_child(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]]) -> tuple[int, int] | None:
+    """Fork a child that writes the marshalled answer for `jobs` to a pipe: (pid, read end), or None."""
+    import marshal
+
+    try:
+        read, write = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        return None
+    if pid == 0:  # the child: no cleanup, no flushing of the parent's buffers, only the answer
+        status = 1
+        try:
+            os.close(read)
+            data = memoryview(marshal.dumps(_child_sizes(jobs)))
+            while data:
+                data = data[os.write(write, data):]
+            status = 0
+        except BaseException:  # whatever went wrong, the parent does the work itself
+            pass
+        os._exit(status)
+    os.close(write)
+    return pid, read
+
+
+def _join_child(child: tuple[int, int], count: int) -> list[list[tuple[str, str]]] | None:
+    """The child's answer, or None when it failed, was killed or said something that is not one."""
+    import marshal
+
+    pid, read = child
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(read, 1 << 20):
+            chunks.append(chunk)
+    except OSError:
+        chunks = []
+    finally:
+        os.close(read)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    if status != 0 or not chunks:
+        return None
+    try:
+        answer = marshal.loads(b"".join(chunks))
+    except (ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(answer, list) or len(answer) != count or not all(isinstance(a, list) for a in answer):
+        return None
+    return answer
+
+
 class SizeTables:
     """The (paths, sizes) of each RECORD, remembered between runs like DigestCache's digests (same key, same
     folder), so a job start reads one file instead of parsing every RECORD. Stored with marshal: the tables of a
