@@ -25,7 +25,7 @@ def clean(text: str) -> str:
     return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
-def connect() -> Any:
+def connect(timeout: int = 120) -> Any:
     """A docker APIClient that answered a ping; exit 3 with a hint when the daemon cannot be reached."""
     try:
         import docker
@@ -38,7 +38,7 @@ def connect() -> Any:
         # it is collected here, inside this block, instead of warning later in the caller.
         warnings.simplefilter("ignore", ResourceWarning)
         try:
-            client = docker.from_env(version="auto", timeout=120)
+            client = docker.from_env(version="auto", timeout=timeout)
             client.api.ping()
         except DockerException as exc:
             problem = f"cannot reach the Docker Engine ({_short(exc)}); is dockerd running? check DOCKER_HOST"
