@@ -39,7 +39,7 @@ from envlock.probes.cuda import Shadow, find_shadowed
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.numerics.fingerprint import replay_fingerprints
-from envlock.probes.packages import SizeTables, canonical_name, changed_sizes_all
+from envlock.probes.packages import canonical_name, changed_files
 from envlock.progress import bar
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
@@ -65,6 +65,10 @@ class VerifyOptions:
     init_cuda: bool = False
     #: Draw progress on stderr for long work (`--deep`); the CLI sets it for a person at a terminal.
     progress: bool = False
+    #: Facts already read from this machine for this verify, as collect_facts gives them for the lock (the CLI's
+    #: verdict memo reads them first, see envlock.cli.verdicts): used instead of reading again. Not `facts`, which
+    #: are a recorded machine's.
+    collected: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class Observed:
     deep: bool = False
     #: CUDA libraries loaded from outside the nvidia-* wheel installed for them (probes.cuda.find_shadowed).
     shadowed: tuple[Shadow, ...] = ()
+    #: The raw facts `current` was made from.
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    #: The packages the file-size check looked at (see sized_packages); empty for --deep and recorded facts.
+    sized: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,13 +100,15 @@ class Verification:
     report: Report
     observed: Observed
     policy: Policy
+    lock: Lock
 
 
 def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions()) -> Observed:
     """Read this machine and process (or take the recorded facts) as the lock needs them; all of verify's I/O."""
     recorded = options.facts is not None
     if options.facts is None:
-        facts = collect_facts(fast=options.fast, init_cuda=options.init_cuda, extra_env=lock.policy.extra_env)
+        facts = dict(options.collected) if options.collected is not None else collect_facts(
+            fast=options.fast, init_cuda=options.init_cuda, extra_env=lock.policy.extra_env)
         broken = nvml_unavailable(facts.get("gpu"))
         if broken and any(t.gpu.count for t in lock.targets.values()):
             raise EnvironmentUnavailable(f"the lock needs a GPU and the GPUs cannot be examined: {broken}")
@@ -115,17 +125,19 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
         current, errors = _with_probe(lock, current, facts, policy, options.target)
     elif (not recorded or "numerics" not in facts) and "numerics" not in skip:
         skip.append("numerics")
+    sized: tuple[tuple[str, str, str], ...] = ()
     if recorded:
         modified: dict[str, tuple[tuple[str, str], ...]] = {}
     elif options.deep:
         modified = modified_files(facts, lock, progress=options.progress)
     else:
-        modified = resized_files(facts, lock, current, policy)
+        sized = sized_packages(facts, lock, current, policy)
+        modified = changed_files(sized)
     started_by = detect() if not recorded else None
     return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified,
                     skipped_because="not in the recorded facts" if recorded else "--fast",
                     launcher=started_by.name if started_by is not None else "", deep=options.deep and not recorded,
-                    shadowed=find_shadowed(facts.get("cuda"), facts.get("packages")))
+                    shadowed=find_shadowed(facts.get("cuda"), facts.get("packages")), facts=facts, sized=sized)
 
 
 def evaluate(lock: Lock, observed: Observed, policy: Policy, *, target: str | None = None, name: str = "",
@@ -185,7 +197,7 @@ def examine(path: str | os.PathLike[str] | None = None, options: VerifyOptions =
     check_rules(lock, observed.current, lock_path, project, options)
     report = evaluate(lock, observed, policy, target=options.target, name=str(lock_path), notes=warnings,
                       sources=policy_sources(lock_path, project, options))
-    return Verification(report=report, observed=observed, policy=policy)
+    return Verification(report=report, observed=observed, policy=policy, lock=lock)
 
 
 #: Paths a report can have that no single field of a lock flattens to.
@@ -300,12 +312,11 @@ def modified_files(facts: Mapping[str, Any], lock: Lock, *,
     return {name: tuple(problems) for name, problems in sorted(out.items())}
 
 
-def resized_files(facts: Mapping[str, Any], lock: Lock, current: Lock,
-                  policy: Policy) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Every installed file of every locked package whose RECORD is as locked, compared by size with what RECORD
-    says (one stat per file; the parsed RECORDs are cached, see SizeTables): package -> (file, what) changed. A
-    package whose RECORD itself changed is left to the `packages.<name>.files` finding, and one whose files the
-    policy ignores is not looked at."""
+def sized_packages(facts: Mapping[str, Any], lock: Lock, current: Lock,
+                   policy: Policy) -> tuple[tuple[str, str, str], ...]:
+    """The (name, location, dist-info folder) of every locked package whose files the size check compares: its
+    RECORD is as locked (one whose RECORD itself changed is left to the `packages.<name>.files` finding), it is
+    installed as a .dist-info, and the policy does not ignore its files."""
     items = []
     for item in facts.get("packages", []):
         name = canonical_name(str(item.get("name", "")))
@@ -315,21 +326,7 @@ def resized_files(facts: Mapping[str, Any], lock: Lock, current: Lock,
                 or rule_for(policy, f"packages.{name}.files").rule == "ignore"):
             continue
         items.append((name, str(item["location"]), str(item["metadata_dir"])))
-    tables = SizeTables(sorted({location for _, location, _ in items}))
-    records: set[str] = set()
-    names: list[str] = []
-    jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
-    for name, location, dist_info in items:
-        record = os.path.join(location, dist_info, "RECORD")
-        records.add(record)
-        try:
-            paths, sizes = tables.table(record, dist_info)
-        except OSError:
-            continue  # its digest was just taken from it: a RECORD gone since is the next run's finding
-        names.append(name)
-        jobs.append((location, paths, sizes))
-    tables.save(records)
-    return {name: tuple(changed) for name, changed in zip(names, changed_sizes_all(jobs), strict=True) if changed}
+    return tuple(items)
 
 
 def _as_lock(facts: dict[str, Any], lock: Lock, facts_name: str) -> Lock:

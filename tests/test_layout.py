@@ -57,6 +57,9 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 #: on first use, the image build's machinery (tarfile, zipfile, subprocess, docker) loads for `build` only, and the
 #: fleet's transport for `verify --distributed` only, the Ray driver for `verify --ray` only.
 LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envlock.build"),
+        # The bodies (and the lock, the comparison and the renderers they import): not for a verify --fast that its
+        # verdict memo answers (envlock.cli.verdicts).
+        ("envlock.cli", "envlock.cli.commands"),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),

@@ -15,6 +15,8 @@ from pathlib import Path
 from envlock import slurm
 from envlock.atomic import write_atomic
 from envlock.capturing import capture as capture_lock
+from envlock.cli.options import error_line
+from envlock.cli.verdicts import Memo
 from envlock.errors import ExitCode, UsageError
 from envlock.export import export_pylock, export_requirements
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
@@ -37,11 +39,6 @@ from envlock.verifying import VerifyOptions, examine
 from envlock.verifying import diff as diff_locks
 
 PathArg = str | Path
-
-
-def error_line(message: str) -> str:
-    """The one line a command prints on stderr when it fails."""
-    return f"envlock: error: {message}"
 
 
 def say(line: str, *, err: bool = False) -> None:
@@ -162,13 +159,15 @@ def show(*, lock: PathArg | None) -> ExitCode:
 def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts: Sequence[PathArg],
            ignore: Sequence[str], warn: Sequence[str], target: str | None, format: str = "text",
            output: PathArg | None = None, quiet: bool, strict: bool, distributed: bool, ray: bool = False,
-           ray_address: str | None = None, timeout: float | None) -> int:
+           ray_address: str | None = None, timeout: float | None, memo: Memo | None = None) -> int:
     """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed or --ray, the
-    fleet's or the cluster's code)."""
+    fleet's or the cluster's code). `memo`: the job-start path's verdict memo (envlock.cli.verdicts), which a
+    verify it missed on writes again, and whose facts it uses."""
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
                             facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
-                            init_cuda=True, progress=deep and progress_wanted(quiet=quiet or as_json))
+                            init_cuda=True, progress=deep and progress_wanted(quiet=quiet or as_json),
+                            collected=memo.facts if memo is not None else None)
     if distributed:
         if format not in ("text", "json") or output is not None:
             raise UsageError("--distributed prints rank 0's report as text or JSON on stdout: drop --format "
@@ -180,9 +179,17 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
                              f"{format}{' and -o' if output is not None else ''} (see envlock verify --help)")
         return _verify_ray(lock, options, address=ray_address, timeout=timeout,
                            as_json=as_json or format == "json", quiet=quiet)
-    report = examine(lock, options).report
-    _report(report, as_json=as_json, quiet=quiet, title="verify", format=format, output=output)
-    return _code(report, strict=strict)
+    verification = examine(lock, options)
+    report = verification.report
+    code = _code(report, strict=strict)
+    if memo is None:
+        _report(report, as_json=as_json, quiet=quiet, title="verify", format=format, output=output)
+        return code
+    observed = verification.observed
+    memo.keep(extra_env=verification.lock.policy.extra_env, facts=observed.facts, launcher=observed.launcher,
+              sized=observed.sized, modified=observed.modified, code=code,
+              render=lambda: _report(report, as_json=as_json, quiet=quiet, title="verify", format=format))
+    return code
 
 
 def _code(report: Report, *, strict: bool) -> ExitCode:

@@ -312,6 +312,11 @@ FAST = ("verify", "capture")
 # --- usage errors: one line, the same whichever parser met them ---------------------------------------------------
 
 
+def error_line(message: str) -> str:
+    """The one line a command prints on stderr when it fails."""
+    return f"envlock: error: {message}"
+
+
 def see(command: Command | None) -> str:
     """Where the user can read how to say it."""
     return f"(see envlock {command.name} --help)" if command is not None else "(see envlock --help)"

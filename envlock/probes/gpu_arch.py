@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Product-name patterns, most specific first: one product family can share digits with another
@@ -73,7 +74,13 @@ _NAME_TABLE: tuple[tuple[str, str], ...] = (
     (r"\bGTX 7[67]0\b", "3.0"),
     (r"\bQuadro K(?:420|600|2000|4000|4200|5000)\b", "3.0"),
 )
-_COMPILED = tuple((re.compile(pattern, re.IGNORECASE), cc) for pattern, cc in _NAME_TABLE)
+
+
+@functools.cache
+def _compiled() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """The name table compiled, on first use: a machine without an NVIDIA GPU never pays for its 50 patterns."""
+    return tuple((re.compile(pattern, re.IGNORECASE), cc) for pattern, cc in _NAME_TABLE)
+
 
 # Only architectures that have exactly one capability among the GPUs nvidia-smi reports.
 # Volta also covers Jetson Xavier (7.2), but Jetson has no nvidia-smi report; Pascal, Ampere and
@@ -102,7 +109,7 @@ def compute_capability(name: str, architecture: str = "") -> str:
     base = " ".join(name.split())
     base = _VGPU_SUFFIX.sub("", base)
     arch = " ".join(architecture.split()).lower()
-    for pattern, cc in _COMPILED:
+    for pattern, cc in _compiled():
         if pattern.search(base):
             allowed = _ARCH_FAMILY.get(arch)
             if allowed is not None and cc not in allowed:

@@ -196,6 +196,29 @@ def changed_sizes_all(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]], 
     return mine + theirs
 
 
+def changed_files(items: Iterable[tuple[str, str, str]]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The size check of the (name, location, dist-info folder) of each package: name -> (file, what) for the files
+    whose size on disk is not what their RECORD says, only for packages that have one (RECORDs parsed once and
+    remembered, see SizeTables; stats shared with a child, see changed_sizes_all). A RECORD that cannot be read is
+    left out: its digest was just taken from it, so one gone since is the next run's finding."""
+    items = list(items)
+    tables = SizeTables(sorted({location for _, location, _ in items}))
+    records: set[str] = set()
+    names: list[str] = []
+    jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
+    for name, location, dist_info in items:
+        record = os.path.join(location, dist_info, "RECORD")
+        records.add(record)
+        try:
+            paths, sizes = tables.table(record, dist_info)
+        except OSError:
+            continue
+        names.append(name)
+        jobs.append((location, paths, sizes))
+    tables.save(records)
+    return {name: tuple(changed) for name, changed in zip(names, changed_sizes_all(jobs), strict=True) if changed}
+
+
 def _may_fork() -> bool:
     """Whether a child can safely share the work: Linux (fork is cheap and well-behaved there), more than one
     core this process may use, and no other thread (a fork with threads can leave locks held in the child)."""

@@ -1,0 +1,184 @@
+"""The verdict memo of `envlock verify --fast`: a job start that sees what the last one saw prints what it printed.
+
+A verdict is a pure function of what verify reads: the lock's bytes, the pyproject.toml files its policy may come
+from, the command line, envlock's own code, the facts of this machine and process, the launcher, and the sizes of
+the installed files. Loading the lock, turning the facts into a lock and comparing the two is about half of a job
+start, so the CLI remembers, per working folder, lock path and command line, the verdict of the last successful
+`verify --fast`, keyed by everything above that is not re-read: the lock's and every pyproject.toml's bytes, the
+command line, the working folder and envlock's code. A later run reads the facts and sizes the files as always —
+nothing that can change on the machine is taken from the memo — and only when it sees what that run saw (the same
+facts, launcher and changed files) prints the same report and exits with the same code, without loading the lock.
+Anything else, and any doubt (a memo that cannot be read, another format, stdout a terminal) is a miss: the verify
+runs in full and the memo is written again. Errors are never remembered.
+
+The memo lives with the digest caches (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/envlock`, else
+`~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns it off with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import marshal
+import os
+import stat
+import sys
+from collections.abc import Callable, Mapping
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+from envlock._version import __version__
+from envlock.errors import EnvlockError, ExitCode
+from envlock.facts import collect_facts
+from envlock.launcher import detect
+from envlock.lockfile import MAX_LOCK_BYTES, default_lock_path, read_regular
+from envlock.probes.packages import DigestCache, _read_cache, _write_cache, changed_files
+
+FORMAT = 1
+#: A memo larger than this is not read (a report of thousands of findings is not worth remembering).
+LIMIT = 16 * 1024 * 1024
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+class Memo:
+    """The memo for one `verify --fast` command line in one working folder (see the module's doc).
+
+    `facts` are the facts replay() read, when it got that far: a miss hands them to the verify, which then does not
+    read the machine a second time."""
+
+    def __init__(self, path: str, key: str) -> None:
+        self.path = path
+        self.key = key
+        self.facts: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, values: Mapping[str, Any]) -> Memo | None:
+        """The memo for the settled options of `envlock verify`, or None where none applies: not --fast; --deep,
+        --facts, --distributed, --ray, -o or a format other than text and JSON; stdout a terminal (the report is
+        styled there); the memo turned off; a lock that cannot be read (the verify says why)."""
+        if (not values.get("fast") or values.get("deep") or values.get("facts") or values.get("distributed")
+                or values.get("ray") or values.get("output") is not None
+                or values.get("format", "text") not in ("text", "json") or _is_terminal()):
+            return None
+        shown = repr(sorted((k, v) for k, v in values.items()))
+        try:
+            cwd = os.getcwd()
+            lock = read_regular(values.get("lock") or default_lock_path(), MAX_LOCK_BYTES)
+            projects = _projects(Path(cwd))
+            code = _code_stamp()
+        except (OSError, EnvlockError):
+            return None
+        where = _digest(f"{cwd}\0{shown}".encode("utf-8", "surrogateescape"))[:16]
+        path = DigestCache._location(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
+        if path is None:
+            return None
+        key = _digest(b"\0".join([f"{FORMAT}\0{__version__}\0{sys.executable}\0{cwd}\0{shown}".encode(
+            "utf-8", "surrogateescape"), code, lock, projects]))
+        return cls(path, key)
+
+    def replay(self) -> int | None:
+        """Print the remembered report and give its exit code, when this run sees what that one saw; else None."""
+        entry = _read_cache(self.path, LIMIT, marshal.loads)
+        if not _valid(entry) or entry["key"] != self.key:
+            return None
+        try:
+            self.facts = collect_facts(fast=True, init_cuda=True, extra_env=entry["extra_env"])
+            if _facts_digest(self.facts) != entry["facts"] or _launcher() != entry["launcher"]:
+                return None
+            if changed_files(entry["sized"]) != entry["modified"]:
+                return None
+        except EnvlockError:
+            self.facts = None
+            return None  # the verify meets it again and says it as it says everything
+        sys.stdout.write(entry["stdout"])
+        sys.stdout.flush()
+        return int(entry["code"])
+
+    def keep(self, *, extra_env: tuple[str, ...], facts: Mapping[str, Any], launcher: str,
+             sized: tuple[tuple[str, str, str], ...], modified: Mapping[str, tuple[tuple[str, str], ...]],
+             code: int, render: Callable[[], None]) -> None:
+        """Run `render` (the report on stdout), print what it printed, and remember it with what the verify saw."""
+        buffer = io.StringIO()
+        with redirect_stdout(buffer):
+            render()
+        text = buffer.getvalue()
+        if code in (ExitCode.OK, ExitCode.MISMATCH):
+            entry = {"key": self.key, "extra_env": tuple(extra_env), "facts": _facts_digest(facts),
+                     "launcher": launcher, "sized": tuple(sized),
+                     "modified": {name: tuple(changed) for name, changed in modified.items()},
+                     "stdout": text, "code": int(code)}
+            try:
+                data = marshal.dumps({"version": 1, "entries": entry})
+            except ValueError:
+                data = b""
+            if data and len(data) <= LIMIT:
+                _write_cache(self.path, data)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _is_terminal() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _facts_digest(facts: Mapping[str, Any]) -> str:
+    text = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return _digest(text.encode("utf-8", "surrogateescape"))
+
+
+def _launcher() -> str:
+    started_by = detect()
+    return started_by.name if started_by is not None else ""
+
+
+def _projects(cwd: Path) -> bytes:
+    """The bytes of every pyproject.toml at or above the working folder (where the project policy is looked for),
+    each with its place; one that is absent or not a regular file counts as absent, as there. Anything that cannot
+    be read raises (no memo)."""
+    parts = []
+    here = cwd.absolute()
+    for folder in (here, *here.parents):
+        candidate = os.path.join(folder, "pyproject.toml")
+        try:
+            if not stat.S_ISREG(os.stat(candidate).st_mode):
+                continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        data = read_regular(candidate, MAX_LOCK_BYTES, what="pyproject.toml")
+        parts.append(f"{candidate}\0{len(data)}\0".encode("utf-8", "surrogateescape") + data)
+    return b"\0".join(parts)
+
+
+def _code_stamp() -> bytes:
+    """What moves when envlock's own code changes: the path, modification time and size of every file of the
+    package (an editable install is edited in place)."""
+    parts = []
+    for folder, dirs, files in os.walk(PACKAGE):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if not name.endswith(".pyc"):
+                st = os.stat(os.path.join(folder, name))
+                parts.append(f"{folder}/{name}\0{st.st_mtime_ns}\0{st.st_size}")
+    return "\n".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _valid(entry: Mapping[str, Any]) -> bool:
+    """Whether a memo read back has every field, of its type (anything else is a miss)."""
+    try:
+        return (isinstance(entry.get("key"), str) and isinstance(entry.get("facts"), str)
+                and isinstance(entry.get("launcher"), str) and isinstance(entry.get("stdout"), str)
+                and type(entry.get("code")) is int
+                and isinstance(entry.get("extra_env"), tuple) and all(isinstance(e, str) for e in entry["extra_env"])
+                and isinstance(entry.get("sized"), tuple)
+                and all(isinstance(s, tuple) and len(s) == 3 and all(isinstance(p, str) for p in s)
+                        for s in entry["sized"])
+                and isinstance(entry.get("modified"), dict))
+    except TypeError:
+        return False

@@ -1,0 +1,235 @@
+"""The verdict memo of `envlock verify --fast` (envlock.cli.verdicts): a job start that sees what the last one saw
+prints the same bytes and exits with the same code without loading the lock; anything that moved is seen.
+
+Every check runs the real command twice over: with the memo (ENVLOCK_CACHE_DIR of the test's own) and without it
+(ENVLOCK_CACHE_DIR=""), and the two must agree byte for byte, whatever happened in between."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from envlock.cli import verdicts
+from tests.helpers import ENVLOCK, Venv, at_a_terminal, clean_env, make_venv, run_ok
+from tests.test_verify import TINY, build_wheel
+
+pytestmark = pytest.mark.slow
+
+#: `envlock verify ...` in a fresh interpreter, saying on its last stderr line whether the comparison was loaded
+#: (it is not when the memo answered).
+PROBE = """\
+import sys
+import envlock.cli
+try:
+    envlock.cli.main(sys.argv[1:])
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+sys.stdout.flush()
+sys.stderr.write("\\nCOMPARED=%s" % ("envlock.compare" in sys.modules))
+sys.exit(code)
+"""
+
+
+class Run(NamedTuple):
+    code: int
+    stdout: str
+    stderr: str
+    compared: bool
+
+
+class Job:
+    """A job folder with a lock of a venv that holds tiny-pkg 1.0, and a cache folder of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.venv: Venv = make_venv(root / "venv")
+        self.wheels = root / "wheels"
+        self.pip("install", "--no-index", "--no-deps", build_wheel(self.wheels, "1.0"))
+        self.work = root / "job"
+        self.work.mkdir()
+        self.cache = root / "cache"
+        self.env: dict[str, str] = {}
+        done = self.console("capture", "--no-torch", "-o", "envlock.lock")
+        assert done.returncode == 0, done.stderr
+
+    def pip(self, *args: str | Path) -> None:
+        run_ok(sys.executable, "-m", "pip", "--python", self.venv.python, *args)
+
+    def environ(self, memo: bool) -> dict[str, str]:
+        return clean_env(PYTHONPATH=self.venv.site, ENVLOCK_CACHE_DIR=str(self.cache) if memo else "", **self.env)
+
+    def console(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ENVLOCK), *args], cwd=self.work, env=self.environ(True), capture_output=True,
+                              text=True, timeout=180, check=False)
+
+    def verify(self, *args: str, memo: bool = True) -> Run:
+        done = subprocess.run([sys.executable, "-c", PROBE, "verify", "--fast", *args, "envlock.lock"], cwd=self.work,
+                              env=self.environ(memo), capture_output=True, text=True, timeout=180, check=False)
+        err, _, last = done.stderr.rpartition("\n")
+        assert last.startswith("COMPARED="), done.stderr
+        return Run(done.returncode, done.stdout, err, last == "COMPARED=True")
+
+    def memos(self) -> list[Path]:
+        return sorted(self.cache.glob("verdict-*")) if self.cache.is_dir() else []
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Job:
+    return Job(tmp_path)
+
+
+def same_as_without_memo(job: Job, *args: str) -> Run:
+    """verify --fast with the memo, checked against the same verify without it; the run with the memo."""
+    with_memo, without = job.verify(*args), job.verify(*args, memo=False)
+    assert without.compared
+    assert (with_memo.code, with_memo.stdout, with_memo.stderr) == (without.code, without.stdout, without.stderr)
+    return with_memo
+
+
+@pytest.mark.parametrize("args", [(), ("--json",), ("-q",), ("--strict", "--warn", f"packages.{TINY}.files")])
+def test_a_second_verify_fast_answers_from_the_memo_with_the_same_bytes(job: Job, args: tuple[str, ...]) -> None:
+    first = job.verify(*args)
+    assert first.compared and first.code == 0 and job.memos()
+    second = same_as_without_memo(job, *args)
+    assert not second.compared, "the second run loaded the comparison: the memo did not answer"
+    assert (second.code, second.stdout) == (first.code, first.stdout)
+
+
+def test_a_mismatch_is_remembered_with_its_exit_code(job: Job) -> None:
+    job.env["OMP_NUM_THREADS"] = "3"
+    first = job.verify("--json")
+    assert first.code == 1 and "floats.env.OMP_NUM_THREADS" in first.stdout, first
+    second = same_as_without_memo(job, "--json")
+    assert not second.compared and second.code == 1 and second.stdout == first.stdout
+
+
+def _resize(job: Job) -> None:
+    util = Path(job.venv.site, "tiny_pkg", "util.py")
+    util.write_text(util.read_text(encoding="utf-8") + "# patched by hand\n", encoding="utf-8")
+
+
+def _remove(job: Job) -> None:
+    Path(job.venv.site, "tiny_pkg", "__init__.py").unlink()
+
+
+def _upgrade(job: Job) -> None:
+    job.pip("install", "--no-index", "--no-deps", "--upgrade", build_wheel(job.wheels, "2.0"))
+
+
+def _set_env(job: Job) -> None:
+    job.env["OMP_NUM_THREADS"] = "3"
+
+
+def _track_env_in_the_lock(job: Job) -> None:
+    # The variable was set all along; the lock's [policy] now tracks it (extra_env), so the facts read change.
+    lock = job.work / "envlock.lock"
+    text = lock.read_text(encoding="utf-8")
+    assert "\n[policy]\n" in text
+    lock.write_text(text.replace("\n[policy]\n", '\n[policy]\nextra_env = ["MEMO_TEST_KNOB"]\n', 1), encoding="utf-8")
+
+
+def _project_policy(job: Job) -> None:
+    (job.work.parent / "pyproject.toml").write_text(
+        '[tool.envlock.rules]\n"floats.env.OMP_NUM_THREADS" = { rule = "exact", severity = "warn" }\n',
+        encoding="utf-8")
+
+
+def _under_torchrun(job: Job) -> None:
+    job.env.update(TORCHELASTIC_RUN_ID="memo-test", RANK="1", WORLD_SIZE="2")
+
+
+#: What may move between two job starts, and the state before it (environment variables set from the start).
+MOVES: dict[str, tuple[dict[str, str], Callable[[Job], None]]] = {
+    "a file resized": ({}, _resize),
+    "a file removed": ({}, _remove),
+    "a package upgraded": ({}, _upgrade),
+    "an environment variable set": ({}, _set_env),
+    "the lock's policy tracks another variable": ({"MEMO_TEST_KNOB": "1"}, _track_env_in_the_lock),
+    "a pyproject.toml above the job folder": ({"OMP_NUM_THREADS": "1"}, _project_policy),
+    "the job started by torchrun": ({"OMP_NUM_THREADS": "1"}, _under_torchrun),
+}
+
+
+@pytest.mark.parametrize("move", list(MOVES))
+def test_what_moved_since_the_last_job_start_is_seen(job: Job, move: str) -> None:
+    before, change = MOVES[move]
+    job.env.update(before)
+    job.verify("--json")
+    remembered = job.verify("--json")
+    assert not remembered.compared
+
+    change(job)
+    after = same_as_without_memo(job, "--json")
+    assert after.compared, f"{move}: the memo answered"
+    assert after.stdout != remembered.stdout, f"{move}: the report did not change"
+    again = same_as_without_memo(job, "--json")
+    assert not again.compared and again.stdout == after.stdout
+
+
+def test_a_damaged_memo_is_ignored_and_written_again(job: Job) -> None:
+    clean = job.verify()
+    (memo,) = job.memos()
+    good = memo.read_bytes()
+    entry = marshal.loads(good)["entries"]
+    damaged = [b"", b"not marshal at all", good[: len(good) // 2],
+               marshal.dumps({"version": 1, "entries": {**entry, "code": "0"}}),
+               marshal.dumps({"version": 1, "entries": {**entry, "sized": [["a", "b"]]}}),
+               marshal.dumps({"version": 2, "entries": entry}),
+               # A memo that says something else than what was seen is not believed: the key still has to hold.
+               marshal.dumps({"version": 1, "entries": {**entry, "key": "0" * 64, "stdout": "forged\n"}})]
+    for data in damaged:
+        memo.write_bytes(data)
+        run = same_as_without_memo(job)
+        assert run.compared and run.stdout == clean.stdout and run.code == 0
+        assert memo.read_bytes() == good, "the memo was not written again"
+
+
+def test_the_memo_is_off_where_it_cannot_hold(job: Job) -> None:
+    job.cache.mkdir(exist_ok=True)
+    for args in (("--deep",), ("--format", "markdown"), ("-o", "report.txt")):
+        done = job.console("verify", "--fast", *args, "envlock.lock")
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert job.memos() == []
+    code, shown, _ = at_a_terminal([str(ENVLOCK), "verify", "--fast", "envlock.lock"], job.work,
+                                   PYTHONPATH=job.venv.site, ENVLOCK_CACHE_DIR=str(job.cache))
+    assert code == 0 and "OK" in shown
+    assert job.memos() == [], "a report at a terminal is styled: it is not remembered"
+    for _ in range(2):
+        off = job.verify(memo=False)
+        assert off.compared and off.code == 0
+    assert job.memos() == []
+
+
+def test_errors_are_never_remembered(job: Job) -> None:
+    lock = job.work / "envlock.lock"
+    text = lock.read_text(encoding="utf-8")
+    lock.write_text(text.replace('version = "1.0"', 'version = "1.1"', 1), encoding="utf-8")
+    for _ in range(2):
+        run = same_as_without_memo(job)
+        assert run.code == 2 and run.compared and "content hash" in run.stderr, run
+    lock.unlink()
+    missing = same_as_without_memo(job, "--json")
+    assert missing.code == 2 and json.loads(missing.stdout)["error"]["kind"] == "lock"
+    assert job.memos() == []
+
+
+def test_envlocks_own_code_is_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "envlock"
+    (package / "cli").mkdir(parents=True)
+    module = package / "cli" / "verdicts.py"
+    module.write_text("x = 1\n", encoding="utf-8")
+    monkeypatch.setattr(verdicts, "PACKAGE", package)
+    first = verdicts._code_stamp()
+    module.write_text("x = 22\n", encoding="utf-8")
+    assert verdicts._code_stamp() != first
+    stamp = verdicts._code_stamp()
+    os.utime(module, ns=(0, 0))
+    assert verdicts._code_stamp() != stamp
