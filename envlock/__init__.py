@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from envlock._version import __version__
 from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError, FactsError, LockError, UsageError
-from envlock.findings import Finding, Report
 
 if TYPE_CHECKING:
     from envlock.api import capture, check, verify
     from envlock.capturing import CaptureResult
+    from envlock.findings import Finding, Report
     from envlock.fleet.decide import FleetReport
     from envlock.probes.numerics.fingerprint import Fingerprint, fingerprint
 
@@ -40,6 +40,7 @@ __all__ = [
 #: Names served from other modules on first use (PEP 562), so that `import envlock` costs a few milliseconds.
 _LAZY = {"capture": "envlock.api", "check": "envlock.api", "verify": "envlock.api",
          "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet.decide",
+         "Finding": "envlock.findings", "Report": "envlock.findings",
          "fingerprint": "envlock.probes.numerics.fingerprint", "Fingerprint": "envlock.probes.numerics.fingerprint"}
 
 

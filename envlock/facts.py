@@ -19,7 +19,6 @@ from envlock.probes.cpu import collect_cpu
 from envlock.probes.cuda import collect_cuda
 from envlock.probes.floats import collect_env, collect_torch
 from envlock.probes.gpu import collect_gpu
-from envlock.probes.numerics import collect_numerics, default_kernels
 from envlock.probes.nvsmi import parse_nvidia_smi_xml
 from envlock.probes.packages import collect_packages
 from envlock.probes.platform import collect_platform
@@ -114,6 +113,8 @@ def run_default_probe(probe_shapes: tuple[str, ...] = (), *, progress: bool = Fa
             devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
         except RuntimeError:
             devices = 0
+    from envlock.probes.numerics import collect_numerics, default_kernels  # the probe: never on `verify --fast`
+
     specs = default_kernels(numpy="numpy" in sys.modules, torch=torch is not None, cuda_devices=devices,
                             extra_shapes=probe_shapes)
     with bar("running the numerics probe", len(specs), enabled=progress) as advance:

@@ -20,11 +20,6 @@ from envlock.errors import LockError, printable
 from envlock.model import SCHEMA as SCHEMA_GRAMMAR
 from envlock.model import SCHEMA_VERSION, Lock, LockHeader, ModelError, check_lock, from_dict, to_dict
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 MAX_LOCK_BYTES = 8 * 1024 * 1024
 HEADER = """\
 envlock lock file: the Python packages, hardware and float settings this job was captured with.
@@ -136,6 +131,11 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
         raise LockError(name, "starts with a byte-order mark; save it as plain UTF-8")
     if _DEEP_KEY.search(_without_blanks_at_dots(text)) is not None:
         raise LockError(name, f"a dotted key has more than {MAX_KEY_PARTS} parts; not a lock file")
+    # Imported here: what only reads a lock's bytes (the verdict memo of `verify --fast`) never parses TOML.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -39,7 +39,8 @@ from envlock.probes.cuda import Shadow, find_shadowed
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.numerics.fingerprint import replay_fingerprints
-from envlock.probes.packages import canonical_name, changed_files
+from envlock.probes.packages import canonical_name
+from envlock.probes.sizes import changed_files
 from envlock.progress import bar
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.

@@ -59,7 +59,9 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envlock.build"),
         # The bodies (and the lock, the comparison and the renderers they import): not for a verify --fast that its
         # verdict memo answers (envlock.cli.verdicts).
-        ("envlock.cli", "envlock.cli.commands"),
+        ("envlock.cli", "envlock.cli.commands"), ("envlock.facts", "envlock.probes.numerics"),
+        # The memo starts the size check's child before it loads the lock reader and the collectors.
+        ("envlock.cli.verdicts", "envlock.lockfile"), ("envlock.cli.verdicts", "envlock.facts"),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),

@@ -22,17 +22,14 @@ from hypothesis import strategies as st
 
 from envlock.model import ModelError, Package
 from envlock.probes.packages import (
-    SizeTables,
     canonical_name,
-    changed_sizes,
-    changed_sizes_all,
     collect_packages,
     parse_packages,
     parse_source,
     record_digest,
-    record_sizes,
     search_path,
 )
+from envlock.probes.sizes import SizeCheck, SizeTables, changed_sizes, changed_sizes_all, record_sizes
 from tests.helpers import make_venv, run_ok
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -718,7 +715,7 @@ def _size_jobs(root: Path) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]
                     reason="the forked half runs on Linux with two usable cores")
 def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_answer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import envlock.probes.packages as packages
+    import envlock.probes.sizes as sizes
 
     jobs = _size_jobs(tmp_path)
     alone = [changed_sizes(*job) for job in jobs]
@@ -731,7 +728,7 @@ def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_ans
         forks.append(1)
         return real_fork()
 
-    monkeypatch.setattr(packages, "_may_fork", lambda: True)
+    monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(os, "fork", counted)
     assert changed_sizes_all(jobs, parallel_from=0) == alone
     assert forks == [1]
@@ -739,31 +736,55 @@ def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_ans
     assert forks == [1]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="the forked half runs on Linux with two usable cores")
+def test_the_child_and_the_parent_share_out_units_and_every_one_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import envlock.probes.sizes as sizes
+
+    jobs = _size_jobs(tmp_path)
+    alone = [changed_sizes(*job) for job in jobs]
+    monkeypatch.setattr(sizes, "_may_fork", lambda: True)
+    monkeypatch.setattr(sizes, "UNIT_FILES", 7)  # 200 files: 32 units, met somewhere in the middle
+    assert SizeCheck(jobs, parallel_from=0).result() == alone  # the parent starts at once
+    early = SizeCheck(jobs, parallel_from=0)
+    time.sleep(0.5)  # the child (started when the check was made) has done every unit by now
+    assert early.result() == alone
+    stopped = SizeCheck(jobs, parallel_from=0)
+    assert stopped._child is not None
+    pid = stopped._child[0]
+    stopped.cancel()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, 0)  # reaped: no child left behind
+
+
 def test_a_failed_child_has_its_half_done_by_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import envlock.probes.packages as packages
+    import envlock.probes.sizes as sizes
 
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
     jobs = _size_jobs(tmp_path)
 
-    def broken(_: object) -> list[list[tuple[str, str]]]:
+    def broken(*_: object) -> dict[int, list[tuple[str, str]]]:
         raise RuntimeError("the child fails")
 
-    monkeypatch.setattr(packages, "_may_fork", lambda: True)
-    monkeypatch.setattr(packages, "_child_sizes", broken)
+    monkeypatch.setattr(sizes, "_may_fork", lambda: True)
+    monkeypatch.setattr(sizes, "_child_work", broken)
     assert changed_sizes_all(jobs, parallel_from=0) == [changed_sizes(*job) for job in jobs]
 
 
 def test_no_child_while_another_thread_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import envlock.probes.packages as packages
+    import envlock.probes.sizes as sizes
 
     release = threading.Event()
     worker = threading.Thread(target=release.wait, args=(10,))
     worker.start()
     try:
-        assert packages._may_fork() is False
+        assert sizes._may_fork() is False
     finally:
         release.set()
         worker.join(10)
@@ -771,7 +792,7 @@ def test_no_child_while_another_thread_runs(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_the_size_tables_are_cached_and_taken_again_when_record_is_rewritten(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import envlock.probes.packages as packages
+    import envlock.probes.sizes as sizes
 
     monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
     info = _dist(tmp_path / "site")
@@ -785,7 +806,7 @@ def test_the_size_tables_are_cached_and_taken_again_when_record_is_rewritten(
         raise AssertionError("the cached table should have been used")
 
     with monkeypatch.context() as patched:
-        patched.setattr(packages, "record_sizes", refuse)
+        patched.setattr(sizes, "record_sizes", refuse)
         assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == (("cached_pkg/__init__.py",), (3,))
     (info / "RECORD").write_text("cached_pkg/__init__.py,sha256=abc,4\n")
     again = SizeTables([str(tmp_path / "site")])

@@ -12,6 +12,7 @@ import pytest
 
 from envlock.capturing import build_lock
 from envlock.model import ModelError
+from envlock.probes import python as python_probe
 from envlock.probes.blas import library_owner, parse_blas, parse_torch_blas
 from envlock.probes.cpu import NUMERIC_FLAGS, _first_cpuinfo_block, collect_cpu, parse_cpu
 from envlock.probes.floats import NUMERIC_ENV_VARS, collect_env, parse_floats, parse_threads
@@ -425,6 +426,33 @@ def test_collect_python_then_parse() -> None:
     section = parse_python(collect_python())
     assert section.version == host_platform.python_version()
     assert section.abi.startswith("cp") or section.implementation != "cpython"
+
+
+def test_the_interpreter_tag_is_remembered_under_what_decides_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path))
+    worked_out = python_probe._work_out_tag()
+    calls: list[str] = []
+
+    def counted() -> str:
+        calls.append("worked out")
+        return worked_out
+
+    monkeypatch.setattr(python_probe, "_work_out_tag", counted)
+    assert [python_probe.interpreter_tag() for _ in range(3)] == [worked_out] * 3
+    assert calls == ["worked out"]  # once, then from the cache
+    cache = tmp_path / "python-tags.json"
+    # Another C library (or interpreter, platform, packaging) is another key: worked out again.
+    monkeypatch.setattr(python_probe.os, "confstr", lambda name: "glibc 9.99", raising=False)
+    assert python_probe.interpreter_tag() == worked_out and len(calls) == 2
+    assert len(json.loads(cache.read_text(encoding="utf-8"))["entries"]) == 2
+    for damaged in ("", "{", '{"version": 1, "entries": {"x": 1}}', json.dumps({"version": 1, "entries": {
+            key: "forged" for key in json.loads(cache.read_text(encoding="utf-8"))["entries"]}})):
+        cache.write_text(damaged, encoding="utf-8")
+        assert python_probe.interpreter_tag() == worked_out
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
+    cache.unlink()
+    assert python_probe.interpreter_tag() == worked_out and not cache.exists()
 
 
 # --- the whole lock ------------------------------------------------------------------------------------

@@ -31,10 +31,8 @@ from typing import Any
 
 from envlock._version import __version__
 from envlock.errors import EnvlockError, ExitCode
-from envlock.facts import collect_facts
 from envlock.launcher import detect
-from envlock.lockfile import MAX_LOCK_BYTES, default_lock_path, read_regular
-from envlock.probes.packages import DigestCache, _read_cache, _write_cache, changed_files
+from envlock.probes.sizes import SizeCheck, by_name, cache_file, read_cache, size_jobs, write_cache
 
 FORMAT = 1
 #: A memo larger than this is not read (a report of thousands of findings is not worth remembering).
@@ -46,52 +44,62 @@ class Memo:
     """The memo for one `verify --fast` command line in one working folder (see the module's doc).
 
     `facts` are the facts replay() read, when it got that far: a miss hands them to the verify, which then does not
-    read the machine a second time."""
+    read the machine a second time. `key` is what the memo must have been written under to be believed."""
 
-    def __init__(self, path: str, key: str) -> None:
+    def __init__(self, path: str, values: Mapping[str, Any], shown: str, cwd: str) -> None:
         self.path = path
-        self.key = key
+        self.values = values
+        self.shown = shown
+        self.cwd = cwd
         self.facts: dict[str, Any] | None = None
+        self.key: str | None = None
 
     @classmethod
     def open(cls, values: Mapping[str, Any]) -> Memo | None:
         """The memo for the settled options of `envlock verify`, or None where none applies: not --fast; --deep,
         --facts, --distributed, --ray, -o or a format other than text and JSON; stdout a terminal (the report is
-        styled there); the memo turned off; a lock that cannot be read (the verify says why)."""
+        styled there); the memo turned off."""
         if (not values.get("fast") or values.get("deep") or values.get("facts") or values.get("distributed")
                 or values.get("ray") or values.get("output") is not None
                 or values.get("format", "text") not in ("text", "json") or _is_terminal()):
             return None
-        shown = repr(sorted((k, v) for k, v in values.items()))
         try:
             cwd = os.getcwd()
-            lock = read_regular(values.get("lock") or default_lock_path(), MAX_LOCK_BYTES)
-            projects = _projects(Path(cwd))
-            code = _code_stamp()
-        except (OSError, EnvlockError):
+        except OSError:
             return None
-        where = _digest(f"{cwd}\0{shown}".encode("utf-8", "surrogateescape"))[:16]
-        path = DigestCache._location(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
-        if path is None:
-            return None
-        key = _digest(b"\0".join([f"{FORMAT}\0{__version__}\0{sys.executable}\0{cwd}\0{shown}".encode(
-            "utf-8", "surrogateescape"), code, lock, projects]))
-        return cls(path, key)
+        shown = repr(sorted((k, v) for k, v in values.items()))
+        # One file per folder, command line and envlock install: two installs do not overwrite each other's.
+        where = _digest(f"{cwd}\0{shown}\0{PACKAGE}\0{sys.executable}".encode("utf-8", "surrogateescape"))[:16]
+        path = cache_file(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
+        return cls(path, values, shown, cwd) if path is not None else None
 
     def replay(self) -> int | None:
-        """Print the remembered report and give its exit code, when this run sees what that one saw; else None."""
-        entry = _read_cache(self.path, LIMIT, marshal.loads)
-        if not _valid(entry) or entry["key"] != self.key:
+        """Print the remembered report and give its exit code, when this run sees what that one saw; else None.
+
+        The size check of the remembered packages starts first, in a forked child (see SizeCheck), while this
+        process reads the lock's bytes and the machine."""
+        entry = read_cache(self.path, LIMIT, marshal.loads)
+        if not _valid(entry):
+            self.key = self._key()
             return None
+        names, jobs = size_jobs(entry["sized"])
+        check = SizeCheck(jobs)
         try:
+            self.key = self._key()
+            if self.key is None or entry["key"] != self.key:
+                return None
+            from envlock.facts import collect_facts  # here: after the child has started on the files
+
             self.facts = collect_facts(fast=True, init_cuda=True, extra_env=entry["extra_env"])
             if _facts_digest(self.facts) != entry["facts"] or _launcher() != entry["launcher"]:
                 return None
-            if changed_files(entry["sized"]) != entry["modified"]:
+            if by_name(names, check.result()) != entry["modified"]:
                 return None
         except EnvlockError:
             self.facts = None
             return None  # the verify meets it again and says it as it says everything
+        finally:
+            check.cancel()
         sys.stdout.write(entry["stdout"])
         sys.stdout.flush()
         return int(entry["code"])
@@ -99,12 +107,13 @@ class Memo:
     def keep(self, *, extra_env: tuple[str, ...], facts: Mapping[str, Any], launcher: str,
              sized: tuple[tuple[str, str, str], ...], modified: Mapping[str, tuple[tuple[str, str], ...]],
              code: int, render: Callable[[], None]) -> None:
-        """Run `render` (the report on stdout), print what it printed, and remember it with what the verify saw."""
+        """Run `render` (the report on stdout), print what it printed, and remember it with what the verify saw
+        (unless the lock or a pyproject.toml changed while it ran)."""
         buffer = io.StringIO()
         with redirect_stdout(buffer):
             render()
         text = buffer.getvalue()
-        if code in (ExitCode.OK, ExitCode.MISMATCH):
+        if code in (ExitCode.OK, ExitCode.MISMATCH) and self.key is not None and self._key() == self.key:
             entry = {"key": self.key, "extra_env": tuple(extra_env), "facts": _facts_digest(facts),
                      "launcher": launcher, "sized": tuple(sized),
                      "modified": {name: tuple(changed) for name, changed in modified.items()},
@@ -114,9 +123,24 @@ class Memo:
             except ValueError:
                 data = b""
             if data and len(data) <= LIMIT:
-                _write_cache(self.path, data)
+                write_cache(self.path, data)
         sys.stdout.write(text)
         sys.stdout.flush()
+
+    def _key(self) -> str | None:
+        """The digest of what is not read again on a hit: the lock's bytes, every pyproject.toml at or above the
+        working folder, the command line, the working folder and envlock's code; None when the lock or a
+        pyproject.toml cannot be read (the verify says why)."""
+        from envlock.lockfile import MAX_LOCK_BYTES, default_lock_path, read_regular  # after the child started
+
+        try:
+            lock = read_regular(self.values.get("lock") or default_lock_path(), MAX_LOCK_BYTES)
+            projects = _projects(Path(self.cwd), read_regular, MAX_LOCK_BYTES)
+            code = _code_stamp()
+        except (OSError, EnvlockError):
+            return None
+        head = f"{FORMAT}\0{__version__}\0{sys.executable}\0{self.cwd}\0{self.shown}"
+        return _digest(b"\0".join([head.encode("utf-8", "surrogateescape"), code, lock, projects]))
 
 
 def _is_terminal() -> bool:
@@ -138,7 +162,7 @@ def _launcher() -> str:
     return started_by.name if started_by is not None else ""
 
 
-def _projects(cwd: Path) -> bytes:
+def _projects(cwd: Path, read: Callable[..., bytes], limit: int) -> bytes:
     """The bytes of every pyproject.toml at or above the working folder (where the project policy is looked for),
     each with its place; one that is absent or not a regular file counts as absent, as there. Anything that cannot
     be read raises (no memo)."""
@@ -151,7 +175,7 @@ def _projects(cwd: Path) -> bytes:
                 continue
         except (FileNotFoundError, NotADirectoryError):
             continue
-        data = read_regular(candidate, MAX_LOCK_BYTES, what="pyproject.toml")
+        data = read(candidate, limit, what="pyproject.toml")
         parts.append(f"{candidate}\0{len(data)}\0".encode("utf-8", "surrogateescape") + data)
     return b"\0".join(parts)
 

@@ -13,15 +13,14 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from envlock._raw import get
 from envlock.model import Artifact, ModelError, Package, from_dict
+from envlock.probes.sizes import cache_file, kept, read_cache, stat_key, write_cache
 
-# Written by the installer, not shipped in the wheel: they differ between two installs of one wheel.
-INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"})
 _CANONICAL = re.compile(r"[-_.]+")
 
 
@@ -63,17 +62,6 @@ def _record_rows(record_text: str) -> Iterable[tuple[str, str]]:
             yield path, digest
 
 
-def _kept(path: str, dist_info: str) -> bool:
-    if path[:3] == "../" or path[:1] == "/" or (len(path) > 1 and path[1] == ":"):
-        return False
-    if path.endswith((".pyc", ".pyo")) or ("__pycache__/" in path and "/__pycache__/" in f"/{path}"):
-        return False
-    if path.startswith("__editable__"):
-        return False
-    top, _, leaf = path.partition("/")
-    return not (top == dist_info and leaf in INSTALLER_FILES)
-
-
 # A plain RECORD row with a hash: `path,algo=digest,size` (quoting only comes with commas in file names).
 _HASHED_ROW = re.compile(r"^([^,\n\r]+),([^,\n\r]+),[^,\n\r]*\r?$", re.M)
 
@@ -87,256 +75,10 @@ def record_digest(record_text: str, dist_info: str) -> str:
         if not digest:
             continue
         path = raw_path.replace("\\", "/") if "\\" in raw_path else raw_path
-        if _kept(path, dist_info):
+        if kept(path, dist_info):
             lines.append(f"{path} {digest}\n")
     lines.sort()
     return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
-
-
-# A plain RECORD row with a size: `path,hash,size`.
-_SIZED_ROW = re.compile(r"^([^,\n\r]+),[^,\n\r]*,(\d{1,15})\r?$", re.M)
-
-
-def record_sizes(record_text: str, dist_info: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """The files a RECORD lists with a size, as (paths, sizes), prefix-dependent entries (console scripts, byte
-    code, the installer's own notes) left out: what `verify` compares with the sizes on disk."""
-    if '"' in record_text:
-        rows = [(r[0], r[2]) for r in csv.reader(record_text.splitlines())
-                if len(r) >= 3 and r[2].isascii() and r[2].isdigit() and len(r[2]) <= 15]
-    else:
-        rows = _SIZED_ROW.findall(record_text)
-    paths: list[str] = []
-    sizes: list[int] = []
-    for raw_path, size in rows:
-        path = raw_path.replace("\\", "/") if "\\" in raw_path else raw_path
-        if _kept(path, dist_info):
-            paths.append(path)
-            sizes.append(int(size))
-    return tuple(paths), tuple(sizes)
-
-
-def _read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[str, Any]:
-    """The entries of a cache file (`{"version": 1, "entries": {...}}`), or {} for one that is missing, too big or
-    unreadable in any way: a cache only ever saves time."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(limit + 1)
-        data = decode(raw) if len(raw) <= limit else {}
-    except (OSError, ValueError, EOFError, TypeError):
-        data = {}
-    entries = data.get("entries") if isinstance(data, dict) and data.get("version") == 1 else None
-    return entries if isinstance(entries, dict) else {}
-
-
-def _write_cache(path: str, data: bytes) -> None:
-    """Replace a cache file (write a temporary next to it, then rename); a cache that cannot be written is not."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-
-
-def _stat_key(st: os.stat_result) -> list[int]:
-    """What moves when a file is rewritten in any way: a cached value for it holds while this holds."""
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
-
-
-def changed_sizes(location: str, paths: tuple[str, ...], sizes: tuple[int, ...]) -> list[tuple[str, str]]:
-    """(file, what) for every listed file whose size on disk is not RECORD's: one stat per file."""
-    out: list[tuple[str, str]] = []
-    stat = os.stat
-    base = os.path.join(location, "")
-    for path, size in zip(paths, sizes, strict=True):
-        try:
-            have = stat(base + path).st_size
-        except FileNotFoundError:
-            out.append((path, "missing"))
-            continue
-        except OSError:
-            out.append((path, "unreadable"))
-            continue
-        if have != size:
-            out.append((path, f"{size} bytes in RECORD, {have} on disk"))
-    return out
-
-
-#: Below this many files the size check stays on one core: starting a second process costs more than it saves.
-PARALLEL_FILES = 8000
-
-
-def changed_sizes_all(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]], *,
-                      parallel_from: int = PARALLEL_FILES) -> list[list[tuple[str, str]]]:
-    """changed_sizes for each (location, paths, sizes) job, in order.
-
-    The stats are syscall-bound (about 1.6 µs per file on a cold dentry), so with enough files, on Linux, with a
-    second usable core and no other thread running, a forked child stats the second half of the files while this
-    process stats the first: the check takes about half as long. A child that fails in any way has its half
-    done here, so the answer is always the one-core answer."""
-    total = sum(len(paths) for _, paths, _ in jobs)
-    split = len(jobs)
-    if total >= parallel_from and len(jobs) > 1 and _may_fork():
-        done = 0
-        for index, (_, paths, _) in enumerate(jobs):
-            if done * 2 >= total:  # half the files are in the jobs before this one
-                split = index
-                break
-            done += len(paths)
-    child = _start_child(jobs[split:]) if split < len(jobs) else None
-    mine = [changed_sizes(*job) for job in jobs[:split]]
-    theirs = _join_child(child, len(jobs) - split) if child is not None else None
-    if theirs is None:
-        theirs = [changed_sizes(*job) for job in jobs[split:]]
-    return mine + theirs
-
-
-def changed_files(items: Iterable[tuple[str, str, str]]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """The size check of the (name, location, dist-info folder) of each package: name -> (file, what) for the files
-    whose size on disk is not what their RECORD says, only for packages that have one (RECORDs parsed once and
-    remembered, see SizeTables; stats shared with a child, see changed_sizes_all). A RECORD that cannot be read is
-    left out: its digest was just taken from it, so one gone since is the next run's finding."""
-    items = list(items)
-    tables = SizeTables(sorted({location for _, location, _ in items}))
-    records: set[str] = set()
-    names: list[str] = []
-    jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
-    for name, location, dist_info in items:
-        record = os.path.join(location, dist_info, "RECORD")
-        records.add(record)
-        try:
-            paths, sizes = tables.table(record, dist_info)
-        except OSError:
-            continue
-        names.append(name)
-        jobs.append((location, paths, sizes))
-    tables.save(records)
-    return {name: tuple(changed) for name, changed in zip(names, changed_sizes_all(jobs), strict=True) if changed}
-
-
-def _may_fork() -> bool:
-    """Whether a child can safely share the work: Linux (fork is cheap and well-behaved there), more than one
-    core this process may use, and no other thread (a fork with threads can leave locks held in the child)."""
-    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
-        return False
-    threading = sys.modules.get("threading")
-    if threading is not None and threading.active_count() > 1:
-        return False
-    try:
-        return len(os.sched_getaffinity(0)) > 1
-    except OSError:
-        return False
-
-
-def _child_sizes(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]]) -> list[list[tuple[str, str]]]:
-    """The child's share of changed_sizes_all (a seam for the tests)."""
-    return [changed_sizes(*job) for job in jobs]
-
-
-def _start_child(jobs: list[tuple[str, tuple[str, ...], tuple[int, ...]]]) -> tuple[int, int] | None:
-    """Fork a child that writes the marshalled answer for `jobs` to a pipe: (pid, read end), or None."""
-    import marshal
-
-    try:
-        read, write = os.pipe()
-    except OSError:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read)
-        os.close(write)
-        return None
-    if pid == 0:  # the child: no cleanup, no flushing of the parent's buffers, only the answer
-        status = 1
-        try:
-            os.close(read)
-            data = memoryview(marshal.dumps(_child_sizes(jobs)))
-            while data:
-                data = data[os.write(write, data):]
-            status = 0
-        except BaseException:  # whatever went wrong, the parent does the work itself
-            pass
-        os._exit(status)
-    os.close(write)
-    return pid, read
-
-
-def _join_child(child: tuple[int, int], count: int) -> list[list[tuple[str, str]]] | None:
-    """The child's answer, or None when it failed, was killed or said something that is not one."""
-    import marshal
-
-    pid, read = child
-    chunks: list[bytes] = []
-    try:
-        while chunk := os.read(read, 1 << 20):
-            chunks.append(chunk)
-    except OSError:
-        chunks = []
-    finally:
-        os.close(read)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return None
-    if status != 0 or not chunks:
-        return None
-    try:
-        answer = marshal.loads(b"".join(chunks))
-    except (ValueError, EOFError, TypeError):
-        return None
-    if not isinstance(answer, list) or len(answer) != count or not all(isinstance(a, list) for a in answer):
-        return None
-    return answer
-
-
-class SizeTables:
-    """The (paths, sizes) of each RECORD, remembered between runs like DigestCache's digests (same key, same
-    folder), so a job start reads one file instead of parsing every RECORD. Stored with marshal: the tables of a
-    large venv (30,000 files) load in a few milliseconds where JSON takes several times that."""
-
-    LIMIT = 64 * 1024 * 1024
-
-    def __init__(self, folders: Iterable[str]) -> None:
-        name = hashlib.sha256("\0".join(folders).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        self.path = DigestCache._location(f"record-sizes-{name}.{sys.implementation.cache_tag}.marshal")
-        self.entries: dict[str, Any] = {}
-        self.changed = False
-        if self.path is not None:
-            import marshal
-
-            self.entries = _read_cache(self.path, self.LIMIT, marshal.loads)
-
-    def table(self, record: str, dist_info: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        """The (paths, sizes) of the RECORD at `record` (OSError when it cannot be read)."""
-        key = _stat_key(os.stat(record))
-        known = self.entries.get(record)
-        if (isinstance(known, tuple) and len(known) == 3 and known[0] == key and isinstance(known[1], tuple)
-                and isinstance(known[2], tuple) and len(known[1]) == len(known[2])):
-            return known[1], known[2]
-        with open(record, encoding="utf-8", errors="replace") as handle:
-            paths, sizes = record_sizes(handle.read(), dist_info)
-        self.entries[record] = (key, paths, sizes)
-        self.changed = True
-        return paths, sizes
-
-    def save(self, seen: set[str]) -> None:
-        """Write the tables back when they changed, keeping only the RECORDs seen in this run."""
-        if self.path is None or not self.changed:
-            return
-        import marshal
-
-        entries = {k: v for k, v in self.entries.items() if k in seen}
-        try:
-            data = marshal.dumps({"version": 1, "entries": entries})
-        except ValueError:
-            return
-        _write_cache(self.path, data)
 
 
 def search_path(path: Iterable[str] | None = None) -> list[str]:
@@ -385,23 +127,15 @@ class DigestCache:
     def __init__(self, folders: Iterable[str]) -> None:
         # One file per set of folders looked in (one per venv, in practice), so venvs do not evict each other.
         name = hashlib.sha256("\0".join(folders).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        self.path = self._location(f"record-digests-{name}.json")
+        self.path = cache_file(f"record-digests-{name}.json")
         self.entries: dict[str, list[Any]] = {}
         self.changed = False
         if self.path is not None:
-            self.entries = _read_cache(self.path, self.LIMIT, json.loads)
-
-    @staticmethod
-    def _location(name: str) -> str | None:
-        folder = os.environ.get("ENVLOCK_CACHE_DIR")
-        if folder is None:
-            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-            folder = os.path.join(base, "envlock")
-        return os.path.join(folder, name) if folder else None
+            self.entries = read_cache(self.path, self.LIMIT, json.loads)
 
     def digest(self, record: str, dist_info: str) -> str:
         """The digest of the RECORD at `record` (OSError when it cannot be read)."""
-        key = _stat_key(os.stat(record))
+        key = stat_key(os.stat(record))
         known = self.entries.get(record)
         if isinstance(known, list) and len(known) == 5 and known[:4] == key and isinstance(known[4], str):
             return known[4]
@@ -416,7 +150,7 @@ class DigestCache:
         if self.path is None or not self.changed:
             return
         entries = {k: v for k, v in self.entries.items() if k in seen}
-        _write_cache(self.path, json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode())
+        write_cache(self.path, json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode())
 
 
 def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True) -> list[dict[str, Any]]:

@@ -1,0 +1,382 @@
+"""The file-size check of `verify`, and the caches that make a job start cheap: the standard library only.
+
+Every installed file of a locked package is compared by size with what its RECORD says: one `stat` per file, the
+RECORDs parsed once and remembered (SizeTables), the stats shared with a forked child (SizeCheck). Nothing here
+imports the lock model, so `verify --fast`'s verdict memo (envlock.cli.verdicts) can start the check before it
+loads anything else.
+
+The caches live in the user's cache folder (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/envlock`, else
+`~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns them all off. A cache that cannot be read is ignored, one that
+cannot be written is not written: a cache only ever saves time.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: Written by the installer, not shipped in the wheel: they differ between two installs of one wheel.
+INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"})
+
+Job = tuple[str, tuple[str, ...], tuple[int, ...]]  # (location, paths under it, their sizes in RECORD)
+Changed = list[tuple[str, str]]  # (file, what): "missing", "unreadable", "N bytes in RECORD, M on disk"
+
+
+# --- the caches --------------------------------------------------------------------------------------------------
+
+
+def cache_file(name: str) -> str | None:
+    """Where the cache file `name` lives, or None when the caches are off (`ENVLOCK_CACHE_DIR=""`)."""
+    folder = os.environ.get("ENVLOCK_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "envlock")
+    return os.path.join(folder, name) if folder else None
+
+
+def read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[str, Any]:
+    """The entries of a cache file (`{"version": 1, "entries": {...}}`), or {} for one that is missing, too big or
+    unreadable in any way."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+        data = decode(raw) if len(raw) <= limit else {}
+    except (OSError, ValueError, EOFError, TypeError):
+        data = {}
+    entries = data.get("entries") if isinstance(data, dict) and data.get("version") == 1 else None
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_cache(path: str, data: bytes) -> None:
+    """Replace a cache file (write a temporary next to it, then rename); a cache that cannot be written is not."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+
+
+def stat_key(st: os.stat_result) -> list[int]:
+    """What moves when a file is rewritten in any way: a cached value for it holds while this holds."""
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
+
+
+# --- RECORD ------------------------------------------------------------------------------------------------------
+
+
+def kept(path: str, dist_info: str) -> bool:
+    """Whether a RECORD row is the wheel's own file rather than something an install makes differently in every
+    prefix (console scripts and other files outside site-packages, byte code, the installer's own notes)."""
+    if path[:3] == "../" or path[:1] == "/" or (len(path) > 1 and path[1] == ":"):
+        return False
+    if path.endswith((".pyc", ".pyo")) or ("__pycache__/" in path and "/__pycache__/" in f"/{path}"):
+        return False
+    if path.startswith("__editable__"):
+        return False
+    top, _, leaf = path.partition("/")
+    return not (top == dist_info and leaf in INSTALLER_FILES)
+
+
+# A plain RECORD row with a size: `path,hash,size`.
+_SIZED_ROW = re.compile(r"^([^,\n\r]+),[^,\n\r]*,(\d{1,15})\r?$", re.M)
+
+
+def record_sizes(record_text: str, dist_info: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The files a RECORD lists with a size, as (paths, sizes), prefix-dependent entries (see kept) left out: what
+    `verify` compares with the sizes on disk."""
+    if '"' in record_text:
+        rows = [(r[0], r[2]) for r in csv.reader(record_text.splitlines())
+                if len(r) >= 3 and r[2].isascii() and r[2].isdigit() and len(r[2]) <= 15]
+    else:
+        rows = _SIZED_ROW.findall(record_text)
+    paths: list[str] = []
+    sizes: list[int] = []
+    for raw_path, size in rows:
+        path = raw_path.replace("\\", "/") if "\\" in raw_path else raw_path
+        if kept(path, dist_info):
+            paths.append(path)
+            sizes.append(int(size))
+    return tuple(paths), tuple(sizes)
+
+
+class SizeTables:
+    """The (paths, sizes) of each RECORD, remembered between runs under the RECORD's path and stat (like the RECORD
+    digests, see envlock.probes.packages.DigestCache), so a job start reads one file instead of parsing every
+    RECORD. Stored with marshal: the tables of a large venv (30,000 files) load in a few milliseconds where JSON
+    takes several times that."""
+
+    LIMIT = 64 * 1024 * 1024
+
+    def __init__(self, folders: Iterable[str]) -> None:
+        name = hashlib.sha256("\0".join(folders).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        self.path = cache_file(f"record-sizes-{name}.{sys.implementation.cache_tag}.marshal")
+        self.entries: dict[str, Any] = {}
+        self.changed = False
+        if self.path is not None:
+            import marshal
+
+            self.entries = read_cache(self.path, self.LIMIT, marshal.loads)
+
+    def table(self, record: str, dist_info: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The (paths, sizes) of the RECORD at `record` (OSError when it cannot be read)."""
+        key = stat_key(os.stat(record))
+        known = self.entries.get(record)
+        if (isinstance(known, tuple) and len(known) == 3 and known[0] == key and isinstance(known[1], tuple)
+                and isinstance(known[2], tuple) and len(known[1]) == len(known[2])):
+            return known[1], known[2]
+        with open(record, encoding="utf-8", errors="replace") as handle:
+            paths, sizes = record_sizes(handle.read(), dist_info)
+        self.entries[record] = (key, paths, sizes)
+        self.changed = True
+        return paths, sizes
+
+    def save(self, seen: set[str]) -> None:
+        """Write the tables back when they changed, keeping only the RECORDs seen in this run."""
+        if self.path is None or not self.changed:
+            return
+        import marshal
+
+        entries = {k: v for k, v in self.entries.items() if k in seen}
+        try:
+            data = marshal.dumps({"version": 1, "entries": entries})
+        except ValueError:
+            return
+        write_cache(self.path, data)
+
+
+# --- the check ---------------------------------------------------------------------------------------------------
+
+
+def changed_sizes(location: str, paths: tuple[str, ...], sizes: tuple[int, ...]) -> Changed:
+    """(file, what) for every listed file whose size on disk is not RECORD's: one stat per file."""
+    out: Changed = []
+    stat = os.stat
+    base = os.path.join(location, "")
+    for path, size in zip(paths, sizes, strict=True):
+        try:
+            have = stat(base + path).st_size
+        except FileNotFoundError:
+            out.append((path, "missing"))
+            continue
+        except OSError:
+            out.append((path, "unreadable"))
+            continue
+        if have != size:
+            out.append((path, f"{size} bytes in RECORD, {have} on disk"))
+    return out
+
+
+#: Below this many files the size check stays on one core: starting a second process costs more than it saves.
+PARALLEL_FILES = 8000
+#: The files of one unit of work the two processes share out.
+UNIT_FILES = 512
+
+
+def size_jobs(items: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[Job]]:
+    """The names and jobs of the size check of each (name, location, dist-info folder), from the RECORDs (parsed
+    once and remembered, see SizeTables). A RECORD that cannot be read is left out: its digest was just taken from
+    it, so one gone since is the next run's finding."""
+    items = list(items)
+    tables = SizeTables(sorted({location for _, location, _ in items}))
+    records: set[str] = set()
+    names: list[str] = []
+    jobs: list[Job] = []
+    for name, location, dist_info in items:
+        record = os.path.join(location, dist_info, "RECORD")
+        records.add(record)
+        try:
+            paths, sizes = tables.table(record, dist_info)
+        except OSError:
+            continue
+        names.append(name)
+        jobs.append((location, paths, sizes))
+    tables.save(records)
+    return names, jobs
+
+
+def by_name(names: list[str], changed: list[Changed]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """name -> the changed files, for the jobs that have any."""
+    return {name: tuple(found) for name, found in zip(names, changed, strict=True) if found}
+
+
+def changed_files(items: Iterable[tuple[str, str, str]]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The size check of the (name, location, dist-info folder) of each package: name -> (file, what) for the files
+    whose size on disk is not what their RECORD says, only for packages that have one."""
+    names, jobs = size_jobs(items)
+    return by_name(names, SizeCheck(jobs).result())
+
+
+def changed_sizes_all(jobs: list[Job], *, parallel_from: int = PARALLEL_FILES) -> list[Changed]:
+    """changed_sizes for each job, in order (see SizeCheck)."""
+    return SizeCheck(jobs, parallel_from=parallel_from).result()
+
+
+class SizeCheck:
+    """changed_sizes for each job, begun when made: with enough files, on Linux, with a second usable core and no
+    other thread running, a forked child starts on them at once.
+
+    The stats are syscall-bound (a few µs per file), so two processes take about half as long, and a child started
+    early works while this process does other things (the verdict memo reads the machine meanwhile). The files are
+    cut into units of UNIT_FILES; the child takes units from the front, this process (in result()) from the back,
+    each marking a unit in a shared page before it takes it, and each stops at the first unit the other marked: so
+    every unit is done, at worst one twice (the same answer). A child that fails in any way has its units done
+    here, so the answer is always the one-core answer."""
+
+    def __init__(self, jobs: list[Job], *, parallel_from: int = PARALLEL_FILES) -> None:
+        self.jobs = jobs
+        self.units: list[tuple[int, int, int]] = []  # (job, first file, end)
+        for index, (_, paths, _) in enumerate(jobs):
+            self.units.extend((index, start, min(start + UNIT_FILES, len(paths)))
+                              for start in range(0, len(paths), UNIT_FILES))
+        self._claims: Any = None
+        self._child: tuple[int, int] | None = None
+        if sum(len(paths) for _, paths, _ in jobs) >= parallel_from and len(self.units) > 1 and _may_fork():
+            self._start()
+
+    def _start(self) -> None:
+        import mmap
+
+        try:
+            claims = mmap.mmap(-1, len(self.units))  # anonymous and shared: the child's marks are seen here
+        except (OSError, ValueError):
+            return
+        child = _start_child(lambda: _child_work(self, claims))
+        if child is None:
+            claims.close()
+            return
+        self._claims, self._child = claims, child
+
+    def unit(self, index: int) -> Changed:
+        """changed_sizes of one unit."""
+        job, start, end = self.units[index]
+        location, paths, sizes = self.jobs[job]
+        return changed_sizes(location, paths[start:end], sizes[start:end])
+
+    def result(self) -> list[Changed]:
+        """changed_sizes for each job, in order: this process takes units from the back until it meets the child."""
+        done: dict[int, Changed] = {}
+        claims = self._claims
+        for index in range(len(self.units) - 1, -1, -1):
+            if claims is not None:
+                if claims[index]:
+                    break
+                claims[index] = 2
+            done[index] = self.unit(index)
+        for index, found in (self._join() or {}).items():
+            done.setdefault(index, found)
+        out: list[Changed] = [[] for _ in self.jobs]
+        for index, (job, _, _) in enumerate(self.units):
+            out[job].extend(done[index] if index in done else self.unit(index))
+        return out
+
+    def cancel(self) -> None:
+        """Stop the child (it stops at its next unit) and reap it; nothing is answered."""
+        if self._claims is not None:
+            self._claims[:] = b"\2" * len(self.units)
+        self._join()
+
+    def _join(self) -> dict[int, Changed] | None:
+        """The child's answer (unit -> changed), or None when there is none, it failed, was killed or said something
+        that is not one; the child reaped, the shared page closed."""
+        if self._child is None:
+            return None
+        child, self._child = self._child, None
+        answer = _join_child(child)
+        self._claims.close()
+        self._claims = None
+        if not isinstance(answer, dict) or not all(
+                type(k) is int and 0 <= k < len(self.units) and isinstance(v, list)
+                and all(isinstance(c, tuple) and len(c) == 2 and all(isinstance(p, str) for p in c) for c in v)
+                for k, v in answer.items()):
+            return None
+        return answer
+
+
+def _child_work(check: SizeCheck, claims: Any) -> dict[int, Changed]:
+    """The child's share of a SizeCheck: units from the front until one is marked (a seam for the tests)."""
+    done: dict[int, Changed] = {}
+    for index in range(len(check.units)):
+        if claims[index]:
+            break
+        claims[index] = 1
+        done[index] = check.unit(index)
+    return done
+
+
+def _may_fork() -> bool:
+    """Whether a child can safely share the work: Linux (fork is cheap and well-behaved there), more than one
+    core this process may use, and no other thread (a fork with threads can leave locks held in the child)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except OSError:
+        return False
+
+
+def _start_child(work: Callable[[], dict[int, Changed]]) -> tuple[int, int] | None:
+    """Fork a child that writes the marshalled result of `work()` to a pipe: (pid, read end), or None."""
+    import marshal
+
+    try:
+        read, write = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        return None
+    if pid == 0:  # the child: no cleanup, no flushing of the parent's buffers, only the answer
+        status = 1
+        try:
+            os.close(read)
+            data = memoryview(marshal.dumps(work()))
+            while data:
+                data = data[os.write(write, data):]
+            status = 0
+        except BaseException:  # whatever went wrong, the parent does the work itself
+            pass
+        os._exit(status)
+    os.close(write)
+    return pid, read
+
+
+def _join_child(child: tuple[int, int]) -> object:
+    """What the child wrote, or None when it failed, was killed or wrote nothing that unmarshals."""
+    import marshal
+
+    pid, read = child
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(read, 1 << 20):
+            chunks.append(chunk)
+    except OSError:
+        chunks = []
+    finally:
+        os.close(read)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    if status != 0 or not chunks:
+        return None
+    try:
+        return marshal.loads(b"".join(chunks))
+    except (ValueError, EOFError, TypeError):
+        return None
