@@ -174,6 +174,18 @@ def test_what_moved_since_the_last_job_start_is_seen(job: Job, move: str) -> Non
     assert not again.compared and again.stdout == after.stdout
 
 
+def test_the_lock_named_by_envlock_lock_is_the_one_reported(job: Job) -> None:
+    (job.work / "copy.lock").write_bytes((job.work / "envlock.lock").read_bytes())
+    shown = {}
+    for name in ("envlock.lock", "copy.lock", "envlock.lock", "copy.lock"):
+        job.env["ENVLOCK_LOCK"] = name
+        done = subprocess.run([sys.executable, "-c", PROBE, "verify", "--fast", "--json"], cwd=job.work,
+                              env=job.environ(True), capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, done.stderr
+        shown[name] = json.loads(done.stdout)["lock"]
+    assert shown == {"envlock.lock": "envlock.lock", "copy.lock": "copy.lock"}
+
+
 def test_a_damaged_memo_is_ignored_and_written_again(job: Job) -> None:
     clean = job.verify()
     (memo,) = job.memos()
@@ -233,3 +245,17 @@ def test_envlocks_own_code_is_part_of_the_key(tmp_path: Path, monkeypatch: pytes
     stamp = verdicts._code_stamp()
     os.utime(module, ns=(0, 0))
     assert verdicts._code_stamp() != stamp
+
+
+def test_a_cores_clock_now_is_not_something_the_memo_tells_apart() -> None:
+    from envlock.facts import collect_facts
+    from envlock.probes.cpu import parse_cpu
+
+    read = collect_facts(fast=True)
+    info = {**read["cpu"]["cpuinfo"], **{k: "1000.0" for k in verdicts.VOLATILE_CPUINFO}}
+    facts = {**read, "cpu": {**read["cpu"], "cpuinfo": info}}
+    moved = {**facts, "cpu": {**facts["cpu"], "cpuinfo": {**info, **{k: "1234.5" for k in verdicts.VOLATILE_CPUINFO}}}}
+    assert verdicts._facts_digest(moved) == verdicts._facts_digest(facts)
+    assert parse_cpu(moved["cpu"]) == parse_cpu(facts["cpu"])  # no part of the lock: the memo may ignore them
+    flagged = {**facts, "cpu": {**facts["cpu"], "cpuinfo": {**info, "flags": "fpu"}}}
+    assert verdicts._facts_digest(flagged) != verdicts._facts_digest(facts)

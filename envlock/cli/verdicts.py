@@ -67,7 +67,9 @@ class Memo:
             cwd = os.getcwd()
         except OSError:
             return None
-        shown = repr(sorted((k, v) for k, v in values.items()))
+        # The command line, and $ENVLOCK_LOCK when no lock is named: the report names the lock it read.
+        lock = "" if values.get("lock") else os.environ.get("ENVLOCK_LOCK", "")
+        shown = repr((sorted((k, v) for k, v in values.items()), lock))
         # One file per folder, command line and envlock install: two installs do not overwrite each other's.
         where = _digest(f"{cwd}\0{shown}\0{PACKAGE}\0{sys.executable}".encode("utf-8", "surrogateescape"))[:16]
         path = cache_file(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
@@ -152,7 +154,17 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: /proc/cpuinfo lines that move while the machine runs (a core's clock now): no part of a lock (parse_cpu reads
+#: none of them), so a run that differs only there saw the same thing.
+VOLATILE_CPUINFO = frozenset({"cpu MHz", "cpu MHz dynamic", "cpu MHz static", "bogomips", "BogoMIPS"})
+
+
 def _facts_digest(facts: Mapping[str, Any]) -> str:
+    cpu = facts.get("cpu")
+    info = cpu.get("cpuinfo") if isinstance(cpu, dict) else None
+    if isinstance(cpu, dict) and isinstance(info, dict):
+        steady = {k: "" if k in VOLATILE_CPUINFO and isinstance(v, str) else v for k, v in info.items()}
+        facts = {**facts, "cpu": {**cpu, "cpuinfo": steady}}
     text = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return _digest(text.encode("utf-8", "surrogateescape"))
 
