@@ -182,6 +182,10 @@ def _json_failure(seen: list[tuple[int, str, str]], code: int, kind: str) -> str
     (["verify", "--json", LOCK, "--facts", FACTS, "--ignore", "no such"], "usage", "--ignore 'no such'"),
     (["verify", "--json", "WORK/none.lock", "--facts", FACTS], "lock", "none.lock"),
     (["verify", "--json", LOCK, "--facts", "WORK/bad.json"], "facts", "bad.json"),
+    # --format json asks for machine output as --json does, whichever check refused the line.
+    (["verify", "--format", "json", "--fsat"], "usage", "--fsat"),
+    (["verify", "--format", "json", LOCK, "--timeout", "abc"], "usage", "--timeout"),
+    (["verify", "--format=json", "WORK/none.lock", "--facts", FACTS], "lock", "none.lock"),
     (["diff", LOCK, "WORK/none.lock", "--json"], "lock", "none.lock"),
     (["diff", LOCK, "--json"], "usage", "missing LOCK_B"),
 ])

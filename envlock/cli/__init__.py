@@ -4,7 +4,7 @@
 collect_env, so both are parsed with argparse and never pay for importing typer (and the click and rich it brings);
 every other command, and `--help`, goes to the typer app. Both parsers are generated from envlock.cli.options and
 call the same bodies in envlock.cli.commands; whichever met a usage error, it is the same one line and exit 2.
-With `--json` (verify, diff), a failure also prints one JSON object on stdout:
+With `--json` (verify, diff) or `--format json` (verify), a failure also prints one JSON object on stdout:
 `{"ok": false, "error": {"code": 2, "kind": "usage", "message": "envlock: error: ..."}}`.
 """
 
@@ -54,7 +54,7 @@ def invoke(name: str, values: dict[str, Any], **extra: Any) -> int:
 
         return int(BODIES[name](**settle(name, values), **extra))
     except (EnvlockError, KeyboardInterrupt) as exc:
-        return _fail(exc, as_json=bool(values.get("as_json")))
+        return _fail(exc, as_json=bool(values.get("as_json")) or values.get("format") == "json")
 
 
 def _fail(exc: BaseException, as_json: bool = False) -> int:
@@ -100,7 +100,10 @@ def _fast(name: str, rest: list[str]) -> int:
     try:
         values = parse_fast(name, rest)
         if name == "verify":
-            memo = Memo.open(settle(name, values))
+            try:
+                memo = Memo.open(settle(name, values))
+            except EnvlockError:
+                memo = None  # options that do not settle: the body says so, as for any command
             code = memo.replay() if memo is not None else None
             if code is not None:
                 return code
