@@ -66,10 +66,11 @@ class VerifyOptions:
     init_cuda: bool = False
     #: Draw progress on stderr for long work (`--deep`); the CLI sets it for a person at a terminal.
     progress: bool = False
-    #: Facts already read from this machine for this verify, as collect_facts gives them for the lock (the CLI's
-    #: verdict memo reads them first, see envlock.cli.verdicts): used instead of reading again. Not `facts`, which
-    #: are a recorded machine's.
-    collected: Mapping[str, Any] | None = None
+    #: Facts already read from this machine for this verify, with the extra env vars they were read with (the
+    #: CLI's verdict memo reads them first, see envlock.cli.verdicts): used instead of reading again when the lock's
+    #: `[policy] extra_env` is those (a lock edited in between is read for afresh). Not `facts`, which are a
+    #: recorded machine's.
+    collected: tuple[tuple[str, ...], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,10 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
     """Read this machine and process (or take the recorded facts) as the lock needs them; all of verify's I/O."""
     recorded = options.facts is not None
     if options.facts is None:
-        facts = dict(options.collected) if options.collected is not None else collect_facts(
-            fast=options.fast, init_cuda=options.init_cuda, extra_env=lock.policy.extra_env)
+        if options.collected is not None and tuple(options.collected[0]) == tuple(lock.policy.extra_env):
+            facts = dict(options.collected[1])
+        else:
+            facts = collect_facts(fast=options.fast, init_cuda=options.init_cuda, extra_env=lock.policy.extra_env)
         broken = nvml_unavailable(facts.get("gpu"))
         if broken and any(t.gpu.count for t in lock.targets.values()):
             raise EnvironmentUnavailable(f"the lock needs a GPU and the GPUs cannot be examined: {broken}")

@@ -195,13 +195,57 @@ def test_a_damaged_memo_is_ignored_and_written_again(job: Job) -> None:
                marshal.dumps({"version": 1, "entries": {**entry, "code": "0"}}),
                marshal.dumps({"version": 1, "entries": {**entry, "sized": [["a", "b"]]}}),
                marshal.dumps({"version": 2, "entries": entry}),
+               # Places no file system can have: a NUL, a lone surrogate (the memo is not believed, nothing breaks).
+               marshal.dumps({"version": 1, "entries": {**entry, "sized": (("x", "/tmp/a\0b", "x.dist-info"),)}}),
+               marshal.dumps({"version": 1, "entries": {**entry, "sized": (("x", "/tmp/\ud800", "x.dist-info"),)}}),
                # A memo that says something else than what was seen is not believed: the key still has to hold.
                marshal.dumps({"version": 1, "entries": {**entry, "key": "0" * 64, "stdout": "forged\n"}})]
     for data in damaged:
         memo.write_bytes(data)
         run = same_as_without_memo(job)
         assert run.compared and run.stdout == clean.stdout and run.code == 0
-        assert memo.read_bytes() == good, "the memo was not written again"
+        assert marshal.loads(memo.read_bytes())["entries"] == entry, "the memo was not written again"
+
+
+def test_a_memo_others_could_have_written_is_not_read(job: Job) -> None:
+    if not hasattr(os, "geteuid"):
+        pytest.skip("no file owners on this platform")
+    job.verify()
+    (memo,) = job.memos()
+    assert memo.stat().st_mode & 0o077 == 0, "the memo is written for its user only"
+    assert job.cache.stat().st_mode & 0o077 == 0
+    assert not job.verify().compared
+    memo.chmod(0o664)
+    again = same_as_without_memo(job)
+    assert again.compared and memo.stat().st_mode & 0o077 == 0, "a group-writable memo was believed"
+
+
+def test_a_closed_stdout_is_what_it_is_without_the_memo(job: Job) -> None:
+    def closed(memo: bool) -> tuple[int, str]:
+        done = subprocess.run(["bash", "-c", f'"{ENVLOCK}" verify --fast envlock.lock >&-'], cwd=job.work,
+                              env=job.environ(memo), capture_output=True, text=True, timeout=180, check=False)
+        return done.returncode, done.stderr
+
+    without = closed(False)
+    assert without[0] == 0 and "Traceback" not in without[1], without
+    assert closed(True) == closed(True) == without
+
+
+def test_facts_read_for_another_policy_are_not_used(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lock edited between the memo's reading and the verify's: the facts it read are for the old extra_env.
+    from envlock.facts import collect_facts
+    from envlock.verifying import VerifyOptions, examine
+
+    for name, value in job.environ(False).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(job.venv.site)
+    monkeypatch.chdir(job.work)
+    _track_env_in_the_lock(job)
+    stale = collect_facts(fast=True)
+    stale["env"] = {**stale["env"], "OMP_NUM_THREADS": "7"}
+    for read_with, used in ((("MEMO_TEST_KNOB",), True), ((), False)):
+        report = examine("envlock.lock", VerifyOptions(fast=True, collected=(read_with, stale))).report
+        assert ("floats.env.OMP_NUM_THREADS" in {f.path for f in report.findings}) is used, read_with
 
 
 def test_the_memo_is_off_where_it_cannot_hold(job: Job) -> None:

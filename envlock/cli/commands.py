@@ -167,7 +167,8 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,
                             facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
                             init_cuda=True, progress=deep and progress_wanted(quiet=quiet or as_json),
-                            collected=memo.facts if memo is not None else None)
+                            collected=(memo.extra_env, memo.facts) if memo is not None and memo.facts is not None
+                            else None)
     if distributed:
         if format not in ("text", "json") or output is not None:
             raise UsageError("--distributed prints rank 0's report as text or JSON on stdout: drop --format "

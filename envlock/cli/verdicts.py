@@ -52,6 +52,7 @@ class Memo:
         self.shown = shown
         self.cwd = cwd
         self.facts: dict[str, Any] | None = None
+        self.extra_env: tuple[str, ...] = ()  # the variables the facts were read with (the lock's extra_env)
         self.key: str | None = None
 
     @classmethod
@@ -61,7 +62,7 @@ class Memo:
         styled there); the memo turned off."""
         if (not values.get("fast") or values.get("deep") or values.get("facts") or values.get("distributed")
                 or values.get("ray") or values.get("output") is not None
-                or values.get("format", "text") not in ("text", "json") or _is_terminal()):
+                or values.get("format", "text") not in ("text", "json") or sys.stdout is None or _is_terminal()):
             return None
         try:
             cwd = os.getcwd()
@@ -71,7 +72,9 @@ class Memo:
         lock = "" if values.get("lock") else os.environ.get("ENVLOCK_LOCK", "")
         shown = repr((sorted((k, v) for k, v in values.items()), lock))
         # One file per folder, command line and envlock install: two installs do not overwrite each other's.
-        where = _digest(f"{cwd}\0{shown}\0{PACKAGE}\0{sys.executable}".encode("utf-8", "surrogateescape"))[:16]
+        host = os.uname().nodename if hasattr(os, "uname") else ""  # nodes sharing a home folder: one memo each
+        where = _digest(f"{cwd}\0{shown}\0{PACKAGE}\0{sys.executable}\0{host}".encode(
+            "utf-8", "surrogateescape"))[:16]
         path = cache_file(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
         return cls(path, values, shown, cwd) if path is not None else None
 
@@ -80,6 +83,23 @@ class Memo:
 
         The size check of the remembered packages starts first, in a forked child (see SizeCheck), while this
         process reads the lock's bytes and the machine."""
+        try:
+            entry = self._replay()
+        except Exception:  # a memo only ever saves time: whatever went wrong, the verify runs in full
+            self.facts = None
+            try:
+                self.key = self.key or self._key()  # and writes it again
+            except Exception:
+                self.key = None
+            return None
+        if entry is None:
+            return None
+        sys.stdout.write(entry["stdout"])
+        sys.stdout.flush()
+        return int(entry["code"])
+
+    def _replay(self) -> dict[str, Any] | None:
+        """The remembered entry when it holds for this run (see replay)."""
         entry = read_cache(self.path, LIMIT, marshal.loads)
         if not _valid(entry):
             self.key = self._key()
@@ -92,7 +112,8 @@ class Memo:
                 return None
             from envlock.facts import collect_facts  # here: after the child has started on the files
 
-            self.facts = collect_facts(fast=True, init_cuda=True, extra_env=entry["extra_env"])
+            self.extra_env = entry["extra_env"]
+            self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
             if _facts_digest(self.facts) != entry["facts"] or _launcher() != entry["launcher"]:
                 return None
             if by_name(names, check.result()) != entry["modified"]:
@@ -102,9 +123,7 @@ class Memo:
             return None  # the verify meets it again and says it as it says everything
         finally:
             check.cancel()
-        sys.stdout.write(entry["stdout"])
-        sys.stdout.flush()
-        return int(entry["code"])
+        return entry
 
     def keep(self, *, extra_env: tuple[str, ...], facts: Mapping[str, Any], launcher: str,
              sized: tuple[tuple[str, str, str], ...], modified: Mapping[str, tuple[tuple[str, str], ...]],

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -44,6 +45,8 @@ def read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[st
     unreadable in any way."""
     try:
         with open(path, "rb") as handle:
+            if not _private(os.fstat(handle.fileno())):
+                return {}
             raw = handle.read(limit + 1)
         data = decode(raw) if len(raw) <= limit else {}
     except (OSError, ValueError, EOFError, TypeError):
@@ -52,13 +55,24 @@ def read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[st
     return entries if isinstance(entries, dict) else {}
 
 
+def _private(st: os.stat_result) -> bool:
+    """Whether a cache file is the user's own: owned by this user and writable by no one else (where the platform
+    has owners). A cache decides what verify looks at again, so one that others could have written is not read."""
+    if not hasattr(os, "geteuid"):
+        return True
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def write_cache(path: str, data: bytes) -> None:
-    """Replace a cache file (write a temporary next to it, then rename); a cache that cannot be written is not."""
-    temporary = f"{path}.{os.getpid()}.tmp"
+    """Replace a cache file (write a temporary of the user's own next to it, then rename); a cache that cannot be
+    written is not. The temporary's name is random and made exclusively: two writers (two ranks, two containers
+    with the same process ids on one shared folder) never write into one file."""
+    temporary = f"{path}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(temporary, "wb") as handle:
-            handle.write(data)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
         os.replace(temporary, path)
     except OSError:
         try:
@@ -173,7 +187,7 @@ def changed_sizes(location: str, paths: tuple[str, ...], sizes: tuple[int, ...])
             except FileNotFoundError:
                 out.append((path, "missing"))
                 continue
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate in a hand-made RECORD path
                 out.append((path, "unreadable"))
                 continue
             if have != size:
@@ -191,7 +205,7 @@ def _open_folder(location: str) -> int | None:
         return None
     try:
         return os.open(location, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 
@@ -285,12 +299,16 @@ class SizeCheck:
         """changed_sizes for each job, in order: this process takes units from the back until it meets the child."""
         done: dict[int, Changed] = {}
         claims = self._claims
-        for index in range(len(self.units) - 1, -1, -1):
-            if claims is not None:
-                if claims[index]:
-                    break
-                claims[index] = 2
-            done[index] = self.unit(index)
+        try:
+            for index in range(len(self.units) - 1, -1, -1):
+                if claims is not None:
+                    if claims[index]:
+                        break
+                    claims[index] = 2
+                done[index] = self.unit(index)
+        except BaseException:
+            self.cancel()  # the child is stopped and reaped whatever happened here
+            raise
         for index, found in (self._join() or {}).items():
             done.setdefault(index, found)
         out: list[Changed] = [[] for _ in self.jobs]
@@ -355,7 +373,11 @@ def _start_child(work: Callable[[], dict[int, Changed]]) -> tuple[int, int] | No
     except OSError:
         return None
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns when it sees other threads (a GPU driver's, started by NVML or cuInit): the child
+            # only stats, marshals and writes, and takes no lock another thread could hold.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except OSError:
         os.close(read)
         os.close(write)
