@@ -695,6 +695,11 @@ def test_changed_sizes_names_resized_and_missing_files(tmp_path: Path) -> None:
         ("pkg/grown.py", "6 bytes in RECORD, 16 on disk"), ("pkg/gone.py", "missing")]
 
 
+#: The tests of the forked child: Linux with two usable cores.
+FORKS = pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                           reason="the forked half runs on Linux with two usable cores")
+
+
 def _size_jobs(root: Path) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
     """Four packages of 50 files each; in the first and the last one file grew and one is gone."""
     jobs = []
@@ -711,8 +716,7 @@ def _size_jobs(root: Path) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]
     return jobs
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
-                    reason="the forked half runs on Linux with two usable cores")
+@FORKS
 def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_answer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import envlock.probes.sizes as sizes
@@ -736,8 +740,7 @@ def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_ans
     assert forks == [1]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
-                    reason="the forked half runs on Linux with two usable cores")
+@FORKS
 def test_the_child_and_the_parent_share_out_units_and_every_one_is_done(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
