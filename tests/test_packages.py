@@ -365,6 +365,19 @@ def test_collect_packages_reads_only_the_metadata_headers(tmp_path: Path) -> Non
     assert (fact["name"], fact["version"]) == ("Real-Name", "1.2.3")
 
 
+@pytest.mark.parametrize("before", [0, 4090, 4095, 5000, 20000])
+def test_headers_longer_than_the_first_read_are_read_whole(tmp_path: Path, before: int) -> None:
+    # The name and version after `before` characters of other headers (many classifiers, a long keyword list):
+    # the first read holds no blank line, so the rest of the headers is read too.
+    dist = tmp_path / "site" / "late-1.0.dist-info"
+    dist.mkdir(parents=True)
+    filler = "".join(f"Classifier: Topic :: {i:05d}\n" for i in range(before // 27 + 1))[:before].rpartition("\n")[0]
+    head = f"Metadata-Version: 2.1\n{filler}\nName: late\nVersion: 4.5.6\n".replace("\n\n", "\n")
+    (dist / "METADATA").write_text(head + "\n" + "body\n" * 5000, encoding="utf-8")
+    (fact,) = collect_packages([str(tmp_path / "site")])
+    assert (fact["name"], fact["version"]) == ("late", "4.5.6")
+
+
 @pytest.mark.parametrize("broken", ["no-version", "no-name", "no-metadata", "empty-metadata", "egg-no-pkg-info"])
 def test_collect_packages_skips_distributions_it_cannot_name(tmp_path: Path, broken: str) -> None:
     site = tmp_path / "site"

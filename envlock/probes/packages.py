@@ -41,9 +41,14 @@ def _headers(text_head: str) -> dict[str, str]:
     return found
 
 
-def _read_head(path: str, limit: int = 65536) -> str:
+def _read_head(path: str, limit: int = 65536, first: int = 4096) -> str:
+    """Up to `limit` characters of a METADATA file, of which _headers reads up to the first blank line: the first
+    `first` characters hold it in practice (a long description follows it), and only without one is more read."""
     with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read(limit)
+        head = handle.read(min(first, limit))
+        if len(head) < min(first, limit) or "\n\n" in head or "\n\r\n" in head:
+            return head
+        return head + handle.read(limit - len(head))
 
 
 def _record_rows(record_text: str) -> Iterable[tuple[str, str]]:
