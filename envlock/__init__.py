@@ -1,19 +1,28 @@
 """envlock: environment and hardware lockfiles for ML jobs.
 
-`import envlock` stays cheap: the API (and with it the lock model and the collectors) loads on first use, and the
-heavy parts (torch, docker, NVML) load only where they are used.
+`import envlock` stays cheap: the API (and with it the exceptions, the lock model and the collectors) loads on
+first use, and the heavy parts (torch, docker, NVML) load only where they are used. Not even the standard
+library's typing is imported here: the console script starts a job's size check before it imports anything else.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from envlock._version import __version__
-from envlock.errors import EnvironmentUnavailable, EnvlockError, EnvMismatchError, FactsError, LockError, UsageError
 
+TYPE_CHECKING = False  # see the module's doc; type checkers read this as True
 if TYPE_CHECKING:
+    from typing import Any
+
     from envlock.api import capture, check, verify
     from envlock.capturing import CaptureResult
+    from envlock.errors import (
+        EnvironmentUnavailable,
+        EnvlockError,
+        EnvMismatchError,
+        FactsError,
+        LockError,
+        UsageError,
+    )
     from envlock.findings import Finding, Report
     from envlock.fleet.decide import FleetReport
     from envlock.probes.numerics.fingerprint import Fingerprint, fingerprint
@@ -38,7 +47,9 @@ __all__ = [
 ]
 
 #: Names served from other modules on first use (PEP 562), so that `import envlock` costs a few milliseconds.
-_LAZY = {"capture": "envlock.api", "check": "envlock.api", "verify": "envlock.api",
+_LAZY = {**dict.fromkeys(("EnvironmentUnavailable", "EnvlockError", "EnvMismatchError", "FactsError", "LockError",
+                          "UsageError"), "envlock.errors"),
+         "capture": "envlock.api", "check": "envlock.api", "verify": "envlock.api",
          "CaptureResult": "envlock.capturing", "FleetReport": "envlock.fleet.decide",
          "Finding": "envlock.findings", "Report": "envlock.findings",
          "fingerprint": "envlock.probes.numerics.fingerprint", "Fingerprint": "envlock.probes.numerics.fingerprint"}

@@ -1,3 +1,3 @@
-from envlock.cli import console
+from envlock.entry import console
 
 console()

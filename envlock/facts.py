@@ -12,7 +12,7 @@ from typing import Any
 
 from envlock._version import __version__
 from envlock.errors import EnvlockError, FactsError
-from envlock.lockfile import read_regular
+from envlock.files import read_regular
 from envlock.model import ModelError
 from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
 from envlock.probes.cpu import collect_cpu

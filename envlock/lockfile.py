@@ -11,16 +11,15 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 from envlock.errors import LockError, printable
+from envlock.files import MAX_LOCK_BYTES, default_lock_name, read_regular
 from envlock.model import SCHEMA as SCHEMA_GRAMMAR
 from envlock.model import SCHEMA_VERSION, Lock, LockHeader, ModelError, check_lock, from_dict, to_dict
 
-MAX_LOCK_BYTES = 8 * 1024 * 1024
 HEADER = """\
 envlock lock file: the Python packages, hardware and float settings this job was captured with.
 Written by `envlock capture`; check a machine against it with `envlock verify`.
@@ -37,8 +36,7 @@ UNHASHED = ("lock", "policy")
 def default_lock_path() -> Path:
     """The lock a command uses when none is named: $ENVLOCK_LOCK when set (the images `envlock build` makes set
     it), else ./envlock.lock."""
-    env = os.environ.get("ENVLOCK_LOCK", "").strip()
-    return Path(env) if env else Path("envlock.lock")
+    return Path(default_lock_name())
 
 
 def content_hash(data: dict[str, Any]) -> str:
@@ -54,45 +52,6 @@ def seal(lock: Lock, *, envlock_version: str, created: str) -> Lock:
         schema=SCHEMA_VERSION, envlock=envlock_version, created=created, content_hash=content_hash(to_dict(lock))
     )
     return dataclasses.replace(lock, lock=header)
-
-
-#: What a path that is not a regular file is, by its stat type (for the one-line refusal).
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def read_regular(path: str | os.PathLike[str], limit: int, *, error: type[LockError] = LockError,
-                 what: str = "lock file", missing: str = "") -> bytes:
-    """Up to `limit` + 1 bytes of the regular file at `path`; anything else (missing, a directory, a FIFO, a
-    device, a socket, a symlink loop, unreadable) is `error` in one line. Never blocks: the file is opened
-    non-blocking and checked with fstat before a byte is read, so a FIFO cannot hang a job at its start."""
-    name = str(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        if "\0" in os.fspath(path):
-            raise error(name, "a path cannot hold a NUL character")
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise error(name, missing or f"no such {what}") from None
-    except IsADirectoryError:
-        raise error(name, f"is a directory, not a {what}") from None
-    except OSError as exc:
-        raise error(name, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((label for test, label in _KINDS if test(mode)), "a special file")
-            raise error(name, f"is {kind}, not a {what}")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            return handle.read(limit + 1)
-    except OSError as exc:
-        raise error(name, f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

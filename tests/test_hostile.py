@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from envlock.cli import main as cli_main
 from envlock.errors import EnvlockError, LockError, exit_for, printable
-from envlock.lockfile import content_hash, loads, read_regular
+from envlock.files import read_regular
+from envlock.lockfile import content_hash, loads
 from tests.conftest import FIXTURES
 from tests.helpers import ENVLOCK, clean_env, console
 

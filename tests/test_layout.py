@@ -58,10 +58,12 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 #: fleet's transport for `verify --distributed` only, the Ray driver for `verify --ray` only.
 LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envlock.build"),
         # The bodies (and the lock, the comparison and the renderers they import): not for a verify --fast that its
-        # verdict memo answers (envlock.cli.verdicts).
+        # verdict memo answers (envlock.verdicts).
         ("envlock.cli", "envlock.cli.commands"), ("envlock.facts", "envlock.probes.numerics"),
-        # The memo starts the size check's child before it loads the lock reader and the collectors.
-        ("envlock.cli.verdicts", "envlock.lockfile"), ("envlock.cli.verdicts", "envlock.facts"),
+        # The console script asks the memo before it loads the command line's parser; the memo starts the size
+        # check's child before it loads the exceptions, the file reader, the collectors and the launcher's table.
+        ("envlock.entry", "envlock.cli"),
+        *(("envlock.verdicts", m) for m in ("envlock.errors", "envlock.files", "envlock.facts", "envlock.launcher")),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),
@@ -88,7 +90,8 @@ def test_errors_import_only_findings_and_only_for_types() -> None:
 
 def test_nothing_below_the_command_line_imports_it() -> None:
     upward = [f"{_module_name(p)} imports {m}" for p in SOURCES
-              if _module_name(p) != "envlock.__main__" and not _module_name(p).startswith("envlock.cli")
+              if _module_name(p) not in ("envlock.__main__", "envlock.entry")
+              and not _module_name(p).startswith("envlock.cli")
               for m, _, _ in _imports(p) if m.startswith("envlock.cli")]
     assert upward == []
 
@@ -120,6 +123,17 @@ def test_import_envlock_loads_no_heavy_library() -> None:
     loaded = {m.split(".")[0] for m in json.loads(done.stdout)}
     assert "envlock.verifying" in json.loads(done.stdout)
     assert sorted(loaded & set(HEAVY)) == []
+
+
+def test_the_console_script_loads_only_the_memo_and_the_size_check_before_the_child_starts() -> None:
+    # What `envlock verify` pays before its size check can start (envlock.entry, envlock.verdicts): beyond what a
+    # bare interpreter has loaded, envlock's own five modules and zlib; not typing, re or the exceptions.
+    code = ("import sys; before = set(sys.modules); import envlock.entry; new = sorted(set(sys.modules) - before); "
+            "print(' '.join(new))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    new = [m for m in done.stdout.split() if m != "zlib"]  # zlib: where the interpreter had not loaded it already
+    assert new == ["envlock", "envlock._version", "envlock.entry", "envlock.probes", "envlock.probes.sizes",
+                   "envlock.verdicts"]
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envlock.capturing import build_lock
-from envlock.lockfile import MAX_LOCK_BYTES, content_hash, dumps, load, loads
+from envlock.files import MAX_LOCK_BYTES
+from envlock.lockfile import content_hash, dumps, load, loads
 from envlock.model import Lock
 
 if sys.version_info >= (3, 11):

@@ -17,14 +17,15 @@ from typing import NamedTuple
 
 import pytest
 
-from envlock.cli import verdicts
+from envlock import verdicts
 from tests.helpers import ENVLOCK, Venv, at_a_terminal, clean_env, make_venv, run_ok
 from tests.test_verify import TINY, build_wheel
 
 pytestmark = pytest.mark.slow
 
-#: `envlock verify ...` in a fresh interpreter, saying on its last stderr line whether the comparison was loaded
-#: (it is not when the memo answered).
+#: `envlock verify ...` in a fresh interpreter through envlock.cli.main (the memo asked once the options are
+#: parsed), saying on its last stderr line whether the comparison and the option parser were loaded (the comparison
+#: is not when the memo answered).
 PROBE = """\
 import sys
 import envlock.cli
@@ -34,9 +35,28 @@ try:
 except SystemExit as exc:
     code = exc.code
 sys.stdout.flush()
-sys.stderr.write("\\nCOMPARED=%s" % ("envlock.compare" in sys.modules))
+loaded = ("envlock.compare" in sys.modules, "envlock.cli.options" in sys.modules)
+sys.stderr.write("\\nCOMPARED=%s PARSED=%s" % loaded)
 sys.exit(code)
 """
+#: The same through the console script's entry (envlock.entry: the memo asked before anything is parsed), which
+#: leaves with os._exit (as the size check's forked child does: it says nothing).
+CONSOLE_PROBE = """\
+import os, sys
+leave, me = os._exit, os.getpid()
+def report(code):
+    if os.getpid() != me:
+        leave(code)
+    loaded = ("envlock.compare" in sys.modules, "envlock.cli.options" in sys.modules)
+    sys.stderr.write("\\nCOMPARED=%s PARSED=%s" % loaded)
+    sys.stderr.flush()
+    leave(code)
+os._exit = report
+sys.argv = ["envlock", *sys.argv[1:]]
+from envlock.entry import console
+console()
+"""
+VIA = {"main": PROBE, "console": CONSOLE_PROBE}
 
 
 class Run(NamedTuple):
@@ -44,12 +64,14 @@ class Run(NamedTuple):
     stdout: str
     stderr: str
     compared: bool
+    parsed: bool
 
 
 class Job:
     """A job folder with a lock of a venv that holds tiny-pkg 1.0, and a cache folder of its own."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, via: str = "main") -> None:
+        self.probe = VIA[via]
         self.venv: Venv = make_venv(root / "venv")
         self.wheels = root / "wheels"
         self.pip("install", "--no-index", "--no-deps", build_wheel(self.wheels, "1.0"))
@@ -71,18 +93,27 @@ class Job:
                               text=True, timeout=180, check=False)
 
     def verify(self, *args: str, memo: bool = True) -> Run:
-        done = subprocess.run([sys.executable, "-c", PROBE, "verify", "--fast", *args, "envlock.lock"], cwd=self.work,
-                              env=self.environ(memo), capture_output=True, text=True, timeout=180, check=False)
+        done = subprocess.run([sys.executable, "-c", self.probe, "verify", "--fast", *args, "envlock.lock"],
+                              cwd=self.work, env=self.environ(memo), capture_output=True, text=True, timeout=180,
+                              check=False)
         err, _, last = done.stderr.rpartition("\n")
         assert last.startswith("COMPARED="), done.stderr
-        return Run(done.returncode, done.stdout, err, last == "COMPARED=True")
+        return Run(done.returncode, done.stdout, err, "COMPARED=True" in last, "PARSED=True" in last)
 
     def memos(self) -> list[Path]:
         return sorted(self.cache.glob("verdict-*")) if self.cache.is_dir() else []
 
 
+@pytest.fixture(params=list(VIA))
+def job(tmp_path: Path, request: pytest.FixtureRequest) -> Job:
+    """A job, verified through envlock.cli.main or through the console script's entry (see VIA)."""
+    return Job(tmp_path, request.param)
+
+
 @pytest.fixture
-def job(tmp_path: Path) -> Job:
+def main_job(tmp_path: Path) -> Job:
+    """A job verified through envlock.cli.main, for what does not depend on where the memo is asked (the tests
+    that run the real console script run envlock.entry)."""
     return Job(tmp_path)
 
 
@@ -101,6 +132,8 @@ def test_a_second_verify_fast_answers_from_the_memo_with_the_same_bytes(job: Job
     second = same_as_without_memo(job, *args)
     assert not second.compared, "the second run loaded the comparison: the memo did not answer"
     assert (second.code, second.stdout) == (first.code, first.stdout)
+    if job.probe is CONSOLE_PROBE:
+        assert not second.parsed, "the console script parsed the command line before the memo answered"
 
 
 def test_a_mismatch_is_remembered_with_its_exit_code(job: Job) -> None:
@@ -179,7 +212,7 @@ def test_the_lock_named_by_envlock_lock_is_the_one_reported(job: Job) -> None:
     shown = {}
     for name in ("envlock.lock", "copy.lock", "envlock.lock", "copy.lock"):
         job.env["ENVLOCK_LOCK"] = name
-        done = subprocess.run([sys.executable, "-c", PROBE, "verify", "--fast", "--json"], cwd=job.work,
+        done = subprocess.run([sys.executable, "-c", job.probe, "verify", "--fast", "--json"], cwd=job.work,
                               env=job.environ(True), capture_output=True, text=True, timeout=180, check=False)
         assert done.returncode == 0, done.stderr
         shown[name] = json.loads(done.stdout)["lock"]
@@ -207,23 +240,23 @@ def test_a_damaged_memo_is_ignored_and_written_again(job: Job) -> None:
         assert marshal.loads(memo.read_bytes())["entries"] == entry, "the memo was not written again"
 
 
-def test_a_memo_others_could_have_written_is_not_read(job: Job) -> None:
+def test_a_memo_others_could_have_written_is_not_read(main_job: Job) -> None:
     if not hasattr(os, "geteuid"):
         pytest.skip("no file owners on this platform")
-    job.verify()
-    (memo,) = job.memos()
+    main_job.verify()
+    (memo,) = main_job.memos()
     assert memo.stat().st_mode & 0o077 == 0, "the memo is written for its user only"
-    assert job.cache.stat().st_mode & 0o077 == 0
-    assert not job.verify().compared
+    assert main_job.cache.stat().st_mode & 0o077 == 0
+    assert not main_job.verify().compared
     memo.chmod(0o664)
-    again = same_as_without_memo(job)
+    again = same_as_without_memo(main_job)
     assert again.compared and memo.stat().st_mode & 0o077 == 0, "a group-writable memo was believed"
 
 
-def test_a_closed_stdout_is_what_it_is_without_the_memo(job: Job) -> None:
+def test_a_closed_stdout_is_what_it_is_without_the_memo(main_job: Job) -> None:
     def closed(memo: bool) -> tuple[int, str]:
-        done = subprocess.run(["bash", "-c", f'"{ENVLOCK}" verify --fast envlock.lock >&-'], cwd=job.work,
-                              env=job.environ(memo), capture_output=True, text=True, timeout=180, check=False)
+        done = subprocess.run(["bash", "-c", f'"{ENVLOCK}" verify --fast envlock.lock >&-'], cwd=main_job.work,
+                              env=main_job.environ(memo), capture_output=True, text=True, timeout=180, check=False)
         return done.returncode, done.stderr
 
     without = closed(False)
@@ -231,16 +264,32 @@ def test_a_closed_stdout_is_what_it_is_without_the_memo(job: Job) -> None:
     assert closed(True) == closed(True) == without
 
 
-def test_facts_read_for_another_policy_are_not_used(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_reader_gone_before_the_report_is_what_it_is_without_the_memo(main_job: Job) -> None:
+    def gone(memo: bool) -> tuple[int, str]:
+        read, write = os.pipe()
+        with subprocess.Popen([str(ENVLOCK), "verify", "--fast", "envlock.lock"], cwd=main_job.work,
+                              env=main_job.environ(memo), stdout=write, stderr=subprocess.PIPE, text=True) as proc:
+            os.close(write)
+            os.close(read)  # long before the report is written: the interpreter alone takes longer to start
+            _, err = proc.communicate(timeout=180)
+        return proc.returncode, err
+
+    without = gone(False)
+    assert without == (2, "envlock: error: cannot write the output: Broken pipe\n"), without
+    assert main_job.verify().code == 0 and not main_job.verify().compared  # the memo answers a reader that stays
+    assert gone(True) == without
+
+
+def test_facts_read_for_another_policy_are_not_used(main_job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
     # A lock edited between the memo's reading and the verify's: the facts it read are for the old extra_env.
     from envlock.facts import collect_facts
     from envlock.verifying import VerifyOptions, examine
 
-    for name, value in job.environ(False).items():
+    for name, value in main_job.environ(False).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(job.venv.site)
-    monkeypatch.chdir(job.work)
-    _track_env_in_the_lock(job)
+    monkeypatch.syspath_prepend(main_job.venv.site)
+    monkeypatch.chdir(main_job.work)
+    _track_env_in_the_lock(main_job)
     stale = collect_facts(fast=True)
     stale["env"] = {**stale["env"], "OMP_NUM_THREADS": "7"}
     for read_with, used in ((("MEMO_TEST_KNOB",), True), ((), False)):
@@ -248,20 +297,20 @@ def test_facts_read_for_another_policy_are_not_used(job: Job, monkeypatch: pytes
         assert ("floats.env.OMP_NUM_THREADS" in {f.path for f in report.findings}) is used, read_with
 
 
-def test_the_memo_is_off_where_it_cannot_hold(job: Job) -> None:
-    job.cache.mkdir(exist_ok=True)
+def test_the_memo_is_off_where_it_cannot_hold(main_job: Job) -> None:
+    main_job.cache.mkdir(exist_ok=True)
     for args in (("--deep",), ("--format", "markdown"), ("-o", "report.txt")):
-        done = job.console("verify", "--fast", *args, "envlock.lock")
+        done = main_job.console("verify", "--fast", *args, "envlock.lock")
         assert done.returncode == 0, done.stdout + done.stderr
-    assert job.memos() == []
-    code, shown, _ = at_a_terminal([str(ENVLOCK), "verify", "--fast", "envlock.lock"], job.work,
-                                   PYTHONPATH=job.venv.site, ENVLOCK_CACHE_DIR=str(job.cache))
+    assert main_job.memos() == []
+    code, shown, _ = at_a_terminal([str(ENVLOCK), "verify", "--fast", "envlock.lock"], main_job.work,
+                                   PYTHONPATH=main_job.venv.site, ENVLOCK_CACHE_DIR=str(main_job.cache))
     assert code == 0 and "OK" in shown
-    assert job.memos() == [], "a report at a terminal is styled: it is not remembered"
+    assert main_job.memos() == [], "a report at a terminal is styled: it is not remembered"
     for _ in range(2):
-        off = job.verify(memo=False)
+        off = main_job.verify(memo=False)
         assert off.compared and off.code == 0
-    assert job.memos() == []
+    assert main_job.memos() == []
 
 
 def test_errors_are_never_remembered(job: Job) -> None:

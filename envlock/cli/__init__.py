@@ -17,7 +17,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from envlock.cli.options import FAST, error_line, parse_fast, settle, wants_json
-from envlock.cli.verdicts import Memo
 from envlock.errors import (
     BuildError,
     EnvironmentUnavailable,
@@ -29,6 +28,7 @@ from envlock.errors import (
     UsageError,
     exit_for,
 )
+from envlock.verdicts import Memo
 
 if TYPE_CHECKING:
     import typer
@@ -85,35 +85,44 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`envlock ...`: the fast paths for verify and capture, typer for the rest (and for --help); exits."""
+def main(argv: list[str] | None = None, *, early: Memo | None = None) -> None:
+    """`envlock ...`: the fast paths for verify and capture, typer for the rest (and for --help); exits. `early`:
+    the verdict memo the console script already asked (envlock.entry)."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] and args[0] in FAST and not {"-h", "--help"} & set(args):
-        sys.exit(_fast(args[0], args[1:]))
+        sys.exit(_fast(args[0], args[1:], early))
     get_app()(args=args, prog_name="envlock")
 
 
-def _fast(name: str, rest: list[str]) -> int:
+def _fast(name: str, rest: list[str], early: Memo | None = None) -> int:
     """The job-start commands: a verify --fast that sees what the last one saw answers from its memo (see
-    envlock.cli.verdicts) without loading the lock or the comparison."""
+    envlock.verdicts) without loading the lock or the comparison. A memo the console script asked already (and
+    that missed) is not asked again: its facts and key serve the verify."""
     memo: Memo | None = None
     try:
         values = parse_fast(name, rest)
         if name == "verify":
             try:
-                memo = Memo.open(settle(name, values))
+                memo = Memo.open(settle(name, values), rest)
             except EnvlockError:
                 memo = None  # options that do not settle: the body says so, as for any command
-            code = memo.replay() if memo is not None else None
-            if code is not None:
-                return code
+            if memo is not None and early is not None and early.replayed and (early.path, early.lock) == (
+                    memo.path, memo.lock):
+                memo = early
+            found = memo.replay() if memo is not None and memo is not early else None
+            if found is not None:
+                sys.stdout.write(found[0])
+                sys.stdout.flush()
+                return found[1]
     except (EnvlockError, KeyboardInterrupt) as exc:
         return _fail(exc, as_json=wants_json([name, *rest]))
     return invoke(name, values, memo=memo) if memo is not None else invoke(name, values)
 
 
-def console() -> None:
-    """The `envlock` console script: main(), with output that cannot fail a verdict, and a quick exit.
+def console(*, early: Memo | None = None, failed: BaseException | None = None) -> None:
+    """The `envlock` console script's command line (see envlock.entry): main(), with output that cannot fail a
+    verdict, and a quick exit. `early`: the verdict memo the script asked already; `failed`: what ended the script
+    before it came here (a stdout that could not take the report, Ctrl-C), said as if it had happened in main().
 
     A terminal that cannot show "→" gets a replacement character rather than a traceback; a closed or full stdout
     is one line on stderr and exit 2. Tearing down an interpreter that imported torch takes about 0.4 s; when a
@@ -124,8 +133,12 @@ def console() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="replace")
+    if isinstance(failed, KeyboardInterrupt):
+        _leave(_fail(failed, as_json=wants_json(sys.argv[1:])))
     try:
-        main()
+        if failed is not None:
+            raise failed
+        main(early=early)
         code: int = ExitCode.OK
     except SystemExit as exc:
         # sys.exit("message") means status 1, as Python itself exits for it.

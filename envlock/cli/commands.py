@@ -16,7 +16,6 @@ from envlock import slurm
 from envlock.atomic import write_atomic
 from envlock.capturing import capture as capture_lock
 from envlock.cli.options import error_line
-from envlock.cli.verdicts import Memo
 from envlock.errors import ExitCode, UsageError
 from envlock.export import export_pylock, export_requirements
 from envlock.facts import collect_facts, dumps_facts, load_facts, load_facts_files
@@ -35,6 +34,7 @@ from envlock.report import (
     render_text,
 )
 from envlock.show import render_summary
+from envlock.verdicts import Memo
 from envlock.verifying import VerifyOptions, examine
 from envlock.verifying import diff as diff_locks
 
@@ -161,7 +161,7 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
            output: PathArg | None = None, quiet: bool, strict: bool, distributed: bool, ray: bool = False,
            ray_address: str | None = None, timeout: float | None, memo: Memo | None = None) -> int:
     """`envlock verify`: the report; MISMATCH on an error-severity mismatch (with --distributed or --ray, the
-    fleet's or the cluster's code). `memo`: the job-start path's verdict memo (envlock.cli.verdicts), which a
+    fleet's or the cluster's code). `memo`: the job-start path's verdict memo (envlock.verdicts), which a
     verify it missed on writes again, and whose facts it uses."""
     paths = [str(p) for p in facts]
     options = VerifyOptions(fast=fast, deep=deep, facts=load_facts_files(paths) if paths else None,

@@ -2,7 +2,7 @@
 
 Every installed file of a locked package is compared by size with what its RECORD says: one `stat` per file, the
 RECORDs parsed once and remembered (SizeTables), the stats shared with a forked child (SizeCheck). Nothing here
-imports the lock model, so `verify --fast`'s verdict memo (envlock.cli.verdicts) can start the check before it
+imports the lock model, so `verify --fast`'s verdict memo (envlock.verdicts) can start the check before it
 loads anything else.
 
 The caches live in the user's cache folder (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/envlock`, else
@@ -12,14 +12,16 @@ cannot be written is not written: a cache only ever saves time.
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import os
-import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any
+import zlib
+
+TYPE_CHECKING = False  # typing itself is not imported here: this module loads before anything else on a job start
+if TYPE_CHECKING:
+    import re
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
 #: Written by the installer, not shipped in the wheel: they differ between two installs of one wheel.
 INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"})
@@ -81,6 +83,13 @@ def write_cache(path: str, data: bytes) -> None:
             pass
 
 
+def short_digest(text: str) -> str:
+    """16 hex digits that tell one text from another, for a cache file's name (what the file holds is checked
+    when it is read; zlib's checksums load in a fraction of hashlib's time)."""
+    data = text.encode("utf-8", "surrogateescape")
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+
+
 def stat_key(st: os.stat_result) -> list[int]:
     """What moves when a file is rewritten in any way: a cached value for it holds while this holds."""
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
@@ -102,18 +111,30 @@ def kept(path: str, dist_info: str) -> bool:
     return not (top == dist_info and leaf in INSTALLER_FILES)
 
 
-# A plain RECORD row with a size: `path,hash,size`.
-_SIZED_ROW = re.compile(r"^([^,\n\r]+),[^,\n\r]*,(\d{1,15})\r?$", re.M)
+_SIZED_ROW: re.Pattern[str] | None = None
+
+
+def _sized_row() -> re.Pattern[str]:
+    """A plain RECORD row with a size: `path,hash,size` (compiled on first use: a job start that finds every
+    RECORD in SizeTables never parses one)."""
+    global _SIZED_ROW
+    if _SIZED_ROW is None:
+        import re
+
+        _SIZED_ROW = re.compile(r"^([^,\n\r]+),[^,\n\r]*,(\d{1,15})\r?$", re.M)
+    return _SIZED_ROW
 
 
 def record_sizes(record_text: str, dist_info: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The files a RECORD lists with a size, as (paths, sizes), prefix-dependent entries (see kept) left out: what
     `verify` compares with the sizes on disk."""
     if '"' in record_text:
+        import csv
+
         rows = [(r[0], r[2]) for r in csv.reader(record_text.splitlines())
                 if len(r) >= 3 and r[2].isascii() and r[2].isdigit() and len(r[2]) <= 15]
     else:
-        rows = _SIZED_ROW.findall(record_text)
+        rows = _sized_row().findall(record_text)
     paths: list[str] = []
     sizes: list[int] = []
     for raw_path, size in rows:
@@ -133,7 +154,7 @@ class SizeTables:
     LIMIT = 64 * 1024 * 1024
 
     def __init__(self, folders: Iterable[str]) -> None:
-        name = hashlib.sha256("\0".join(folders).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = short_digest("\0".join(folders))
         self.path = cache_file(f"record-sizes-{name}.{sys.implementation.cache_tag}.marshal")
         self.entries: dict[str, Any] = {}
         self.changed = False

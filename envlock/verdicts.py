@@ -3,13 +3,21 @@
 A verdict is a pure function of what verify reads: the lock's bytes, the pyproject.toml files its policy may come
 from, the command line, envlock's own code, the facts of this machine and process, the launcher, and the sizes of
 the installed files. Loading the lock, turning the facts into a lock and comparing the two is about half of a job
-start, so the CLI remembers, per working folder, lock path and command line, the verdict of the last successful
-`verify --fast`, keyed by everything above that is not re-read: the lock's and every pyproject.toml's bytes, the
-command line, the working folder and envlock's code. A later run reads the facts and sizes the files as always —
-nothing that can change on the machine is taken from the memo — and only when it sees what that run saw (the same
-facts, launcher and changed files) prints the same report and exits with the same code, without loading the lock.
-Anything else, and any doubt (a memo that cannot be read, another format, stdout a terminal) is a miss: the verify
-runs in full and the memo is written again. Errors are never remembered.
+start, so envlock remembers, per working folder and command line, the verdict of the last successful `verify
+--fast`, keyed by everything above that is not re-read: the lock's and every pyproject.toml's bytes, the command
+line and envlock's own variables (`ENVLOCK_*`: what settles the options and names the lock), the working folder
+and envlock's code. A later run reads the facts and sizes the files as always — nothing that can change on the
+machine is taken from the memo — and only when it sees what that run saw (the same facts, launcher and changed
+files) prints the same report and exits with the same code, without loading the lock. Anything else, and any doubt
+(a memo that cannot be read, another format, stdout a terminal) is a miss: the verify runs in full and the memo is
+written again. Errors are never remembered.
+
+The console script (envlock.entry) opens the memo by the command line alone, before it imports the command line's
+parser, and the size check's child starts from it at once: a hit then costs the interpreter, the facts and half of
+the stats. The parser's path (envlock.cli) opens the same file for the options it settled, and writes it.
+
+Until the child has started this module imports only what the interpreter has loaded already, zlib and
+envlock.probes.sizes (see test_layout); the rest is imported where it is used.
 
 The memo lives with the digest caches (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/envlock`, else
 `~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns it off with them.
@@ -17,72 +25,84 @@ The memo lives with the digest caches (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HO
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import marshal
 import os
-import stat
 import sys
-from collections.abc import Callable, Mapping
-from contextlib import redirect_stdout
-from pathlib import Path
-from typing import Any
 
 from envlock._version import __version__
-from envlock.errors import EnvlockError, ExitCode
-from envlock.launcher import detect
-from envlock.probes.sizes import SizeCheck, by_name, cache_file, read_cache, size_jobs, write_cache
+from envlock.probes.sizes import SizeCheck, by_name, cache_file, read_cache, short_digest, size_jobs, write_cache
 
-FORMAT = 1
+TYPE_CHECKING = False  # see envlock/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+FORMAT = 2
 #: A memo larger than this is not read (a report of thousands of findings is not worth remembering).
 LIMIT = 16 * 1024 * 1024
-PACKAGE = Path(__file__).resolve().parent.parent
+PACKAGE = os.path.dirname(os.path.realpath(__file__))
+#: The verify options a memo is never written for (with these the report is not a function of what is keyed).
+UNREMEMBERED = ("deep", "facts", "distributed", "ray")
 
 
 class Memo:
-    """The memo for one `verify --fast` command line in one working folder (see the module's doc).
+    """The memo of one `verify --fast` command line in one working folder (see the module's doc).
 
     `facts` are the facts replay() read, when it got that far: a miss hands them to the verify, which then does not
-    read the machine a second time. `key` is what the memo must have been written under to be believed."""
+    read the machine a second time. `key` is what the memo must have been written under to be believed; `lock` the
+    lock file the key read (None where the command line was not parsed yet: then the memo's own entry names it)."""
 
-    def __init__(self, path: str, values: Mapping[str, Any], shown: str, cwd: str) -> None:
+    def __init__(self, path: str, argv: Sequence[str], cwd: str, lock: str | None) -> None:
         self.path = path
-        self.values = values
-        self.shown = shown
+        self.argv = tuple(argv)
         self.cwd = cwd
+        self.lock = lock
         self.facts: dict[str, Any] | None = None
         self.extra_env: tuple[str, ...] = ()  # the variables the facts were read with (the lock's extra_env)
         self.key: str | None = None
+        self.replayed = False  # replay() ran (a miss): the verify does not ask again
 
     @classmethod
-    def open(cls, values: Mapping[str, Any]) -> Memo | None:
-        """The memo for the settled options of `envlock verify`, or None where none applies: not --fast; --deep,
-        --facts, --distributed, --ray, -o or a format other than text and JSON; stdout a terminal (the report is
-        styled there); the memo turned off."""
-        if (not values.get("fast") or values.get("deep") or values.get("facts") or values.get("distributed")
-                or values.get("ray") or values.get("output") is not None
-                or values.get("format", "text") not in ("text", "json") or sys.stdout is None or _is_terminal()):
+    def early(cls, argv: Sequence[str]) -> Memo | None:
+        """The memo of `envlock verify ARGV`, by the command line alone (before it is parsed), or None where none
+        can apply: stdout a terminal or closed, the memo turned off. Whether the options allow a memo at all is
+        open() questions: a line they do not allow it for never wrote one, so its file is not there."""
+        return cls._at(argv, None)
+
+    @classmethod
+    def open(cls, values: Mapping[str, Any], argv: Sequence[str]) -> Memo | None:
+        """The memo of `envlock verify ARGV` with these settled options, or None where none applies: not --fast;
+        --deep, --facts, --distributed, --ray, -o or a format other than text and JSON; stdout a terminal (the
+        report is styled there) or closed; the memo turned off."""
+        if (not values.get("fast") or any(values.get(name) for name in UNREMEMBERED)
+                or values.get("output") is not None or values.get("format", "text") not in ("text", "json")):
+            return None
+        from envlock.files import default_lock_name
+
+        return cls._at(argv, str(values.get("lock") or default_lock_name()))
+
+    @classmethod
+    def _at(cls, argv: Sequence[str], lock: str | None) -> Memo | None:
+        if sys.stdout is None or _is_terminal():
             return None
         try:
             cwd = os.getcwd()
         except OSError:
             return None
-        # The command line, and $ENVLOCK_LOCK when no lock is named: the report names the lock it read.
-        lock = "" if values.get("lock") else os.environ.get("ENVLOCK_LOCK", "")
-        shown = repr((sorted((k, v) for k, v in values.items()), lock))
-        # One file per folder, command line and envlock install: two installs do not overwrite each other's.
-        host = os.uname().nodename if hasattr(os, "uname") else ""  # nodes sharing a home folder: one memo each
-        where = _digest(f"{cwd}\0{shown}\0{PACKAGE}\0{sys.executable}\0{host}".encode(
-            "utf-8", "surrogateescape"))[:16]
+        # One file per folder, command line, envlock install and host: two installs do not overwrite each other's
+        # and nodes that share a home folder keep one each.
+        host = os.uname().nodename if hasattr(os, "uname") else ""
+        where = short_digest("\0".join((cwd, *argv, "", *_settings(), PACKAGE, sys.executable, host)))
         path = cache_file(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
-        return cls(path, values, shown, cwd) if path is not None else None
+        return cls(path, argv, cwd, lock) if path is not None else None
 
-    def replay(self) -> int | None:
-        """Print the remembered report and give its exit code, when this run sees what that one saw; else None.
+    def replay(self) -> tuple[str, int] | None:
+        """The remembered report and its exit code when this run sees what that one saw; else None (a miss, after
+        which `facts` and `key` are what the verify needs).
 
         The size check of the remembered packages starts first, in a forked child (see SizeCheck), while this
         process reads the lock's bytes and the machine."""
+        self.replayed = True
         try:
             entry = self._replay()
         except Exception:  # a memo only ever saves time: whatever went wrong, the verify runs in full
@@ -92,26 +112,27 @@ class Memo:
             except Exception:
                 self.key = None
             return None
-        if entry is None:
-            return None
-        sys.stdout.write(entry["stdout"])
-        sys.stdout.flush()
-        return int(entry["code"])
+        return None if entry is None else (entry["stdout"], int(entry["code"]))
 
     def _replay(self) -> dict[str, Any] | None:
         """The remembered entry when it holds for this run (see replay)."""
         entry = read_cache(self.path, LIMIT, marshal.loads)
         if not _valid(entry):
-            self.key = self._key()
+            if self.lock is not None:
+                self.key = self._key()
             return None
+        if self.lock is None:
+            self.lock = entry["lock"]
         names, jobs = size_jobs(entry["sized"])
         check = SizeCheck(jobs)
+        # Imported here, after the child has started on the files.
+        from envlock.errors import EnvlockError
+        from envlock.facts import collect_facts
+
         try:
             self.key = self._key()
-            if self.key is None or entry["key"] != self.key:
+            if self.key is None or entry["key"] != self.key or entry["lock"] != self.lock:
                 return None
-            from envlock.facts import collect_facts  # here: after the child has started on the files
-
             self.extra_env = entry["extra_env"]
             self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
             if _facts_digest(self.facts) != entry["facts"] or _launcher() != entry["launcher"]:
@@ -130,13 +151,18 @@ class Memo:
              code: int, render: Callable[[], None]) -> None:
         """Run `render` (the report on stdout), print what it printed, and remember it with what the verify saw
         (unless the lock or a pyproject.toml changed while it ran)."""
+        import io
+        from contextlib import redirect_stdout
+
+        from envlock.errors import ExitCode
+
         buffer = io.StringIO()
         with redirect_stdout(buffer):
             render()
         text = buffer.getvalue()
         if code in (ExitCode.OK, ExitCode.MISMATCH) and self.key is not None and self._key() == self.key:
-            entry = {"key": self.key, "extra_env": tuple(extra_env), "facts": _facts_digest(facts),
-                     "launcher": launcher, "sized": tuple(sized),
+            entry = {"key": self.key, "lock": self.lock, "extra_env": tuple(extra_env),
+                     "facts": _facts_digest(facts), "launcher": launcher, "sized": tuple(sized),
                      "modified": {name: tuple(changed) for name, changed in modified.items()},
                      "stdout": text, "code": int(code)}
             try:
@@ -150,18 +176,27 @@ class Memo:
 
     def _key(self) -> str | None:
         """The digest of what is not read again on a hit: the lock's bytes, every pyproject.toml at or above the
-        working folder, the command line, the working folder and envlock's code; None when the lock or a
-        pyproject.toml cannot be read (the verify says why)."""
-        from envlock.lockfile import MAX_LOCK_BYTES, default_lock_path, read_regular  # after the child started
+        working folder, the command line, envlock's variables, the working folder and envlock's code; None when
+        the lock or a pyproject.toml cannot be read (the verify says why)."""
+        from envlock.errors import EnvlockError
+        from envlock.files import MAX_LOCK_BYTES, read_regular
 
+        if self.lock is None:
+            return None
         try:
-            lock = read_regular(self.values.get("lock") or default_lock_path(), MAX_LOCK_BYTES)
-            projects = _projects(Path(self.cwd), read_regular, MAX_LOCK_BYTES)
+            lock = read_regular(self.lock, MAX_LOCK_BYTES)
+            projects = _projects(self.cwd, read_regular, MAX_LOCK_BYTES)
             code = _code_stamp()
         except (OSError, EnvlockError):
             return None
-        head = f"{FORMAT}\0{__version__}\0{sys.executable}\0{self.cwd}\0{self.shown}"
+        head = repr((FORMAT, __version__, sys.executable, self.cwd, self.argv, _settings(), self.lock))
         return _digest(b"\0".join([head.encode("utf-8", "surrogateescape"), code, lock, projects]))
+
+
+def _settings() -> tuple[str, ...]:
+    """envlock's own environment variables (`ENVLOCK_LOCK` names the lock when the command line does not; the
+    rest say where caches live), as NAME=value: with the command line, what settles a verify's options."""
+    return tuple(sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("ENVLOCK_")))
 
 
 def _is_terminal() -> bool:
@@ -170,6 +205,8 @@ def _is_terminal() -> bool:
 
 
 def _digest(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -184,22 +221,30 @@ def _facts_digest(facts: Mapping[str, Any]) -> str:
     if isinstance(cpu, dict) and isinstance(info, dict):
         steady = {k: "" if k in VOLATILE_CPUINFO and isinstance(v, str) else v for k, v in info.items()}
         facts = {**facts, "cpu": {**cpu, "cpuinfo": steady}}
+    import json
+
     text = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return _digest(text.encode("utf-8", "surrogateescape"))
 
 
 def _launcher() -> str:
+    from envlock.launcher import detect
+
     started_by = detect()
     return started_by.name if started_by is not None else ""
 
 
-def _projects(cwd: Path, read: Callable[..., bytes], limit: int) -> bytes:
+def _projects(cwd: str, read: Callable[..., bytes], limit: int) -> bytes:
     """The bytes of every pyproject.toml at or above the working folder (where the project policy is looked for),
     each with its place; one that is absent or not a regular file counts as absent, as there. Anything that cannot
     be read raises (no memo)."""
+    import stat
+
+    folders = [os.path.abspath(cwd)]
+    while os.path.dirname(folders[-1]) != folders[-1]:
+        folders.append(os.path.dirname(folders[-1]))
     parts = []
-    here = cwd.absolute()
-    for folder in (here, *here.parents):
+    for folder in folders:
         candidate = os.path.join(folder, "pyproject.toml")
         try:
             if not stat.S_ISREG(os.stat(candidate).st_mode):
@@ -227,7 +272,8 @@ def _code_stamp() -> bytes:
 def _valid(entry: Mapping[str, Any]) -> bool:
     """Whether a memo read back has every field, of its type (anything else is a miss)."""
     try:
-        return (isinstance(entry.get("key"), str) and isinstance(entry.get("facts"), str)
+        return (isinstance(entry.get("key"), str) and isinstance(entry.get("lock"), str)
+                and isinstance(entry.get("facts"), str)
                 and isinstance(entry.get("launcher"), str) and isinstance(entry.get("stdout"), str)
                 and type(entry.get("code")) is int
                 and isinstance(entry.get("extra_env"), tuple) and all(isinstance(e, str) for e in entry["extra_env"])
