@@ -61,6 +61,9 @@ class Memo:
         self.extra_env: tuple[str, ...] = ()  # the variables the facts were read with (the lock's extra_env)
         self.key: str | None = None
         self.replayed = False  # replay() ran (a miss): the verify does not ask again
+        # After a miss, the size check replay() started: (the packages it sizes, their names, the check, its
+        # answer when replay() had it already), for the verify (see sizing).
+        self._pending: tuple[tuple[tuple[str, str, str], ...], list[str], SizeCheck, list[Any] | None] | None = None
 
     @classmethod
     def early(cls, argv: Sequence[str]) -> Memo | None:
@@ -129,22 +132,43 @@ class Memo:
         from envlock.errors import EnvlockError
         from envlock.facts import collect_facts
 
+        done: list[Any] | None = None
         try:
             self.key = self._key()
-            if self.key is None or entry["key"] != self.key or entry["lock"] != self.lock:
-                return None
-            self.extra_env = entry["extra_env"]
-            self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
-            if _facts_digest(self.facts) != entry["facts"] or _launcher() != entry["launcher"]:
-                return None
-            if by_name(names, check.result()) != entry["modified"]:
-                return None
+            if self.key is not None and entry["key"] == self.key and entry["lock"] == self.lock:
+                self.extra_env = entry["extra_env"]
+                self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
+                if _facts_digest(self.facts) == entry["facts"] and _launcher() == entry["launcher"]:
+                    done = check.result()
+                    if by_name(names, done) == entry["modified"]:
+                        return entry
         except EnvlockError:
             self.facts = None
-            return None  # the verify meets it again and says it as it says everything
-        finally:
             check.cancel()
-        return entry
+            return None  # the verify meets it again and says it as it says everything
+        except BaseException:
+            check.cancel()
+            raise
+        self._pending = (entry["sized"], names, check, done)  # a miss: the verify may take the check over
+        return None
+
+    def sizing(self, sized: tuple[tuple[str, str, str], ...]) -> dict[str, tuple[tuple[str, str], ...]] | None:
+        """The changed files of `sized` from the size check replay() started before it missed, when it was started
+        for exactly these packages (a verify whose facts moved sizes others); else None, the check stopped."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        started_for, names, check, done = pending
+        if tuple(sized) != started_for:
+            check.cancel()
+            return None
+        return by_name(names, done if done is not None else check.result())
+
+    def release(self) -> None:
+        """Stop a size check replay() left for the verify that the verify did not take."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[2].cancel()
 
     def keep(self, *, extra_env: tuple[str, ...], facts: Mapping[str, Any], launcher: str,
              sized: tuple[tuple[str, str, str], ...], modified: Mapping[str, tuple[tuple[str, str], ...]],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,14 @@ class VerifyOptions:
     #: Draw progress on stderr for long work (`--deep`); the CLI sets it for a person at a terminal.
     progress: bool = False
     #: Facts already read from this machine for this verify, with the extra env vars they were read with (the
-    #: CLI's verdict memo reads them first, see envlock.cli.verdicts): used instead of reading again when the lock's
+    #: CLI's verdict memo reads them first, see envlock.verdicts): used instead of reading again when the lock's
     #: `[policy] extra_env` is those (a lock edited in between is read for afresh). Not `facts`, which are a
     #: recorded machine's.
     collected: tuple[tuple[str, ...], Mapping[str, Any]] | None = None
+    #: The file-size check already under way for some packages (the verdict memo's, which missed): called with the
+    #: packages this verify sizes, it gives their changed files when it was started for exactly those, else None
+    #: (and the check is sized here).
+    sizing: Callable[[tuple[tuple[str, str, str], ...]], Mapping[str, tuple[tuple[str, str], ...]] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,8 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
         modified = modified_files(facts, lock, progress=options.progress)
     else:
         sized = sized_packages(facts, lock, current, policy)
-        modified = changed_files(sized)
+        started = options.sizing(sized) if options.sizing is not None else None
+        modified = dict(started) if started is not None else changed_files(sized)
     started_by = detect() if not recorded else None
     return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified,
                     skipped_because="not in the recorded facts" if recorded else "--fast",

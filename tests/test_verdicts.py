@@ -297,6 +297,53 @@ def test_facts_read_for_another_policy_are_not_used(main_job: Job, monkeypatch: 
         assert ("floats.env.OMP_NUM_THREADS" in {f.path for f in report.findings}) is used, read_with
 
 
+def test_a_miss_hands_its_size_check_to_the_verify(main_job: Job, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # The memo's size check started before it knew it would miss; the verify that follows takes its answer rather
+    # than sizing the same files again, and reports what a verify without the memo reports.
+    import envlock.cli
+    import envlock.verifying
+
+    for name, value in main_job.environ(True).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(main_job.venv.site)
+    monkeypatch.chdir(main_job.work)
+
+    def verify() -> tuple[int, str]:
+        with pytest.raises(SystemExit) as done:
+            envlock.cli.main(["verify", "--fast", "--json", "envlock.lock"])
+        assert isinstance(done.value.code, int)
+        return done.value.code, capsys.readouterr().out
+
+    calls: list[object] = []
+    real = envlock.verifying.changed_files
+    monkeypatch.setattr(envlock.verifying, "changed_files", lambda packages: calls.append(packages) or real(packages))
+
+    def without_memo() -> tuple[int, str]:
+        monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
+        try:
+            return verify()
+        finally:
+            monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(main_job.cache))
+
+    verify()
+    assert len(calls) == 1 and main_job.memos()
+    # A file resized: the facts are the same, so the memo's check runs to its end (and sees the file).
+    _resize(main_job)
+    calls.clear()
+    resized = verify()
+    assert calls == [], "the verify sized the files again"
+    assert f"packages.{TINY}.files" in resized[1], resized
+    assert without_memo() == resized and len(calls) == 1
+    # A variable the facts see: the memo misses before it asks its check.
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    calls.clear()
+    moved = verify()
+    assert calls == [], "the verify sized the files again"
+    assert "OMP_NUM_THREADS" in moved[1] and f"packages.{TINY}.files" in moved[1], moved
+    assert without_memo() == moved and len(calls) == 1
+
+
 def test_the_memo_is_off_where_it_cannot_hold(main_job: Job) -> None:
     main_job.cache.mkdir(exist_ok=True)
     for args in (("--deep",), ("--format", "markdown"), ("-o", "report.txt")):

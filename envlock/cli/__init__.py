@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None, *, early: Memo | None = None) -> None:
 def _fast(name: str, rest: list[str], early: Memo | None = None) -> int:
     """The job-start commands: a verify --fast that sees what the last one saw answers from its memo (see
     envlock.verdicts) without loading the lock or the comparison. A memo the console script asked already (and
-    that missed) is not asked again: its facts and key serve the verify."""
+    that missed) is not asked again: its facts, key and size check serve the verify."""
     memo: Memo | None = None
     try:
         values = parse_fast(name, rest)
@@ -109,12 +109,17 @@ def _fast(name: str, rest: list[str], early: Memo | None = None) -> int:
             if memo is not None and early is not None and early.replayed and (early.path, early.lock) == (
                     memo.path, memo.lock):
                 memo = early
+            elif early is not None:
+                early.release()
             found = memo.replay() if memo is not None and memo is not early else None
             if found is not None:
                 sys.stdout.write(found[0])
                 sys.stdout.flush()
                 return found[1]
     except (EnvlockError, KeyboardInterrupt) as exc:
+        for started in (early, memo):
+            if started is not None:
+                started.release()  # a size check a miss left for the verify (release is idempotent)
         return _fail(exc, as_json=wants_json([name, *rest]))
     return invoke(name, values, memo=memo) if memo is not None else invoke(name, values)
 

@@ -168,7 +168,7 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
                             facts_name=", ".join(paths), ignore=tuple(ignore), warn=tuple(warn), target=target,
                             init_cuda=True, progress=deep and progress_wanted(quiet=quiet or as_json),
                             collected=(memo.extra_env, memo.facts) if memo is not None and memo.facts is not None
-                            else None)
+                            else None, sizing=memo.sizing if memo is not None else None)
     if distributed:
         if format not in ("text", "json") or output is not None:
             raise UsageError("--distributed prints rank 0's report as text or JSON on stdout: drop --format "
@@ -180,7 +180,11 @@ def verify(*, lock: PathArg | None, fast: bool, deep: bool, as_json: bool, facts
                              f"{format}{' and -o' if output is not None else ''} (see envlock verify --help)")
         return _verify_ray(lock, options, address=ray_address, timeout=timeout,
                            as_json=as_json or format == "json", quiet=quiet)
-    verification = examine(lock, options)
+    try:
+        verification = examine(lock, options)
+    finally:
+        if memo is not None:
+            memo.release()  # its size check, when this verify did not take it over
     report = verification.report
     code = _code(report, strict=strict)
     if memo is None:
