@@ -48,3 +48,32 @@ def report(name: str, ours: list[float], base_name: str, theirs: list[float]) ->
     print(f"{base_name:<28} median {b * 1000:8.1f} ms  (min {min(theirs) * 1000:.1f}, max {max(theirs) * 1000:.1f})")
     print(f"ratio {name} / {base_name}: {ratio:.2f}")
     return ratio
+
+
+def wheel_install_of_this_venv(folder: str) -> str:
+    """A copy of this venv in `folder` with envlock installed from its wheel, as its users install it; its python.
+
+    The dev venv holds envlock as an editable install, whose import hook (setuptools' finder, loaded from a .pth at
+    every interpreter start) costs this machine ~30 ms in every Python process: `python -c pass` included. The copy
+    has every other distribution of this venv (hard links: no bytes copied) and envlock's wheel built from this
+    tree, so its figures are what a job start costs where envlock was `pip install`ed."""
+    import glob
+    import sys
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    venv = os.path.join(folder, "venv")
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", venv], check=True)  # type: ignore[attr-defined]
+    site = sysconfig.get_path("purelib")
+    target = sysconfig.get_path("purelib", vars={"base": venv, "platbase": venv})
+    for name in sorted(os.listdir(site)):
+        if name.startswith("__editable__") or (name.startswith("envlock-") and name.endswith(".dist-info")):
+            continue
+        subprocess.run(["cp", "-al", os.path.join(site, name), target], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                    folder, root], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (wheel,) = glob.glob(os.path.join(folder, "envlock-*.whl"))
+    python = os.path.join(venv, "bin", "python")
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
+                    "--no-index", "--disable-pip-version-check", wheel], check=True)
+    return python

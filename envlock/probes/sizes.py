@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 import zlib
 
 TYPE_CHECKING = False  # typing itself is not imported here: this module loads before anything else on a job start
@@ -388,6 +387,7 @@ def _may_fork() -> bool:
 def _start_child(work: Callable[[], dict[int, Changed]]) -> tuple[int, int] | None:
     """Fork a child that writes the marshalled result of `work()` to a pipe: (pid, read end), or None."""
     import marshal
+    import warnings
 
     try:
         read, write = os.pipe()
