@@ -55,9 +55,10 @@ def wheel_install_of_this_venv(folder: str) -> str:
 
     The dev venv holds envlock as an editable install, whose import hook (setuptools' finder, loaded from a .pth at
     every interpreter start) costs this machine ~30 ms in every Python process: `python -c pass` included. The copy
-    has every other distribution of this venv (hard links: no bytes copied) and envlock's wheel built from this
-    tree, so its figures are what a job start costs where envlock was `pip install`ed."""
+    has every other distribution of this venv (hard links where `folder` is on the venv's file system, else a
+    copy) and envlock's wheel, built from a clean copy of this tree's files (not from a `build/` left over)."""
     import glob
+    import shutil
     import sys
     import sysconfig
 
@@ -69,11 +70,21 @@ def wheel_install_of_this_venv(folder: str) -> str:
     for name in sorted(os.listdir(site)):
         if name.startswith("__editable__") or (name.startswith("envlock-") and name.endswith(".dist-info")):
             continue
-        subprocess.run(["cp", "-al", os.path.join(site, name), target], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    folder, root], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if subprocess.run(["cp", "-al", os.path.join(site, name), target], stderr=subprocess.DEVNULL).returncode:
+            subprocess.run(["cp", "-a", os.path.join(site, name), target], check=True)  # another file system
+    source = os.path.join(folder, "source")
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", folder, source])
     (wheel,) = glob.glob(os.path.join(folder, "envlock-*.whl"))
     python = os.path.join(venv, "bin", "python")
-    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
-                    "--no-index", "--disable-pip-version-check", wheel], check=True)
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+          "--disable-pip-version-check", wheel])
     return python
+
+
+def _run(argv: Sequence[str]) -> None:
+    """Run a set-up step quietly; when it fails, what it said and exit."""
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")

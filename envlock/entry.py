@@ -32,12 +32,21 @@ def console() -> None:
                 sys.stdout.flush()
                 _leave(found[1])
         except (OSError, KeyboardInterrupt) as exc:  # said as the command line says it
-            from envlock.cli import console as full
+            _fail(exc, early)
+    try:
+        from envlock.cli import console as full
+    except KeyboardInterrupt as exc:
+        _fail(exc, early)
+    full(early=early)
 
-            full(failed=exc)
+
+def _fail(exc: BaseException, early: Memo | None) -> None:
+    """Stop the memo's size check and end as envlock.cli ends for `exc`."""
+    if early is not None:
+        early.release()
     from envlock.cli import console as full
 
-    full(early=early)
+    full(failed=exc)
 
 
 def _leave(code: int) -> None:

@@ -128,24 +128,26 @@ class Memo:
             self.lock = entry["lock"]
         names, jobs = size_jobs(entry["sized"])
         check = SizeCheck(jobs)
-        # Imported here, after the child has started on the files.
-        from envlock.errors import EnvlockError
-        from envlock.facts import collect_facts
-
         done: list[Any] | None = None
         try:
-            self.key = self._key()
-            if self.key is not None and entry["key"] == self.key and entry["lock"] == self.lock:
-                self.extra_env = entry["extra_env"]
-                self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
-                if _facts_digest(self.facts) == entry["facts"] and _launcher() == entry["launcher"]:
-                    done = check.result()
-                    if by_name(names, done) == entry["modified"]:
-                        return entry
-        except EnvlockError:
-            self.facts = None
-            check.cancel()
-            return None  # the verify meets it again and says it as it says everything
+            # Imported here, after the child has started on the files (inside the try: a Ctrl-C meanwhile stops
+            # the child too).
+            from envlock.errors import EnvlockError
+            from envlock.facts import collect_facts
+
+            try:
+                self.key = self._key()
+                if self.key is not None and entry["key"] == self.key and entry["lock"] == self.lock:
+                    self.extra_env = entry["extra_env"]
+                    self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
+                    if _facts_digest(self.facts) == entry["facts"] and _launcher() == entry["launcher"]:
+                        done = check.result()
+                        if by_name(names, done) == entry["modified"]:
+                            return entry
+            except EnvlockError:
+                self.facts = None
+                check.cancel()
+                return None  # the verify meets it again and says it as it says everything
         except BaseException:
             check.cancel()
             raise

@@ -776,6 +776,34 @@ def test_the_child_and_the_parent_share_out_units_and_every_one_is_done(
         os.waitpid(pid, 0)  # reaped: no child left behind
 
 
+def test_a_child_whose_parent_left_stops_within_a_unit(tmp_path: Path) -> None:
+    # A parent that left without stopping its child (killed, or gone by a path that did not cancel): the child,
+    # now some other process's, does not go on sizing the whole venv.
+    import mmap
+
+    from envlock.probes.sizes import _child_work
+
+    check = SizeCheck(_size_jobs(tmp_path), parallel_from=10**9)  # no child of its own: the work is driven here
+    claims = mmap.mmap(-1, len(check.units))
+    assert _child_work(check, claims, parent=-1) == {}  # not this process's parent: no unit taken
+    assert claims[:] == b"\0" * len(check.units)
+    assert len(_child_work(check, claims, parent=os.getppid())) == len(check.units)
+
+
+def test_a_cache_that_is_not_a_regular_file_is_not_read_and_does_not_block(tmp_path: Path) -> None:
+    import marshal
+
+    from envlock.probes.sizes import read_cache
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    fifo = tmp_path / "cache.marshal"
+    os.mkfifo(fifo, 0o600)
+    assert read_cache(str(fifo), 1024, marshal.loads) == {}  # opening it to read would wait for a writer
+    (tmp_path / "folder.marshal").mkdir(mode=0o700)
+    assert read_cache(str(tmp_path / "folder.marshal"), 1024, marshal.loads) == {}
+
+
 def test_a_failed_child_has_its_half_done_by_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import envlock.probes.sizes as sizes
 

@@ -11,6 +11,7 @@ import marshal
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -342,6 +343,50 @@ def test_a_miss_hands_its_size_check_to_the_verify(main_job: Job, monkeypatch: p
     assert calls == [], "the verify sized the files again"
     assert "OMP_NUM_THREADS" in moved[1] and f"packages.{TINY}.files" in moved[1], moved
     assert without_memo() == moved and len(calls) == 1
+
+
+class _Interrupting(types.ModuleType):
+    """A module whose every name is a Ctrl-C: the interrupt lands while the memo imports it."""
+
+    def __getattr__(self, name: str) -> object:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the size check forks on Linux only")
+@pytest.mark.parametrize("where", ["envlock.facts", "envlock.cli.commands"])
+def test_a_ctrl_c_after_the_size_check_started_stops_its_child(main_job: Job, where: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # envlock.facts: imported by the memo after its child started; envlock.cli.commands: by the verify a miss runs.
+    import envlock.cli
+    import envlock.probes.sizes as sizes
+
+    for name, value in main_job.environ(True).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(main_job.venv.site)
+    monkeypatch.chdir(main_job.work)
+    with pytest.raises(SystemExit):
+        envlock.cli.main(["verify", "--fast", "envlock.lock"])
+    assert main_job.memos()
+    children: list[int] = []
+    start = sizes._start_child
+
+    def started(work: Callable[[], dict[int, list[tuple[str, str]]]]) -> tuple[int, int] | None:
+        child = start(work)
+        children.extend([child[0]] if child is not None else [])
+        return child
+
+    monkeypatch.setattr(sizes, "_may_fork", lambda: True)
+    monkeypatch.setattr(sizes.SizeCheck.__init__, "__kwdefaults__", {"parallel_from": 0})  # a child for few files
+    monkeypatch.setattr(sizes, "_start_child", started)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a miss: the verify runs
+    monkeypatch.setitem(sys.modules, where, _Interrupting(where))
+    with pytest.raises(SystemExit) as done:
+        envlock.cli.main(["verify", "--fast", "envlock.lock"])
+    assert done.value.code == 130 and "interrupted" in capsys.readouterr().err
+    assert len(children) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(children[0], os.WNOHANG)  # stopped and reaped: no child left behind
 
 
 def test_the_memo_is_off_where_it_cannot_hold(main_job: Job) -> None:

@@ -121,7 +121,12 @@ def _fast(name: str, rest: list[str], early: Memo | None = None) -> int:
             if started is not None:
                 started.release()  # a size check a miss left for the verify (release is idempotent)
         return _fail(exc, as_json=wants_json([name, *rest]))
-    return invoke(name, values, memo=memo) if memo is not None else invoke(name, values)
+    if memo is None:
+        return invoke(name, values)
+    try:
+        return invoke(name, values, memo=memo)
+    finally:
+        memo.release()  # a size check the verify did not take over (after one it took, this does nothing)
 
 
 def console(*, early: Memo | None = None, failed: BaseException | None = None) -> None:

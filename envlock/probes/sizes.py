@@ -13,6 +13,7 @@ cannot be written is not written: a cache only ever saves time.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import zlib
 
@@ -45,8 +46,11 @@ def read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[st
     """The entries of a cache file (`{"version": 1, "entries": {...}}`), or {} for one that is missing, too big or
     unreadable in any way."""
     try:
-        with open(path, "rb") as handle:
-            if not _private(os.fstat(handle.fileno())):
+        # Opened without blocking and read only when it is a regular file: a FIFO put there cannot hang a job start.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb") as handle:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not _private(st):
                 return {}
             raw = handle.read(limit + 1)
         data = decode(raw) if len(raw) <= limit else {}
@@ -303,7 +307,8 @@ class SizeCheck:
             claims = mmap.mmap(-1, len(self.units))  # anonymous and shared: the child's marks are seen here
         except (OSError, ValueError):
             return
-        child = _start_child(lambda: _child_work(self, claims))
+        parent = os.getpid()
+        child = _start_child(lambda: _child_work(self, claims, parent))
         if child is None:
             claims.close()
             return
@@ -359,11 +364,12 @@ class SizeCheck:
         return answer
 
 
-def _child_work(check: SizeCheck, claims: Any) -> dict[int, Changed]:
-    """The child's share of a SizeCheck: units from the front until one is marked (a seam for the tests)."""
+def _child_work(check: SizeCheck, claims: Any, parent: int | None = None) -> dict[int, Changed]:
+    """The child's share of a SizeCheck: units from the front until one is marked, or until `parent` is no longer
+    its parent (it left without stopping the child: the child stops within a unit). A seam for the tests."""
     done: dict[int, Changed] = {}
     for index in range(len(check.units)):
-        if claims[index]:
+        if claims[index] or (parent is not None and os.getppid() != parent):
             break
         claims[index] = 1
         done[index] = check.unit(index)
@@ -407,6 +413,11 @@ def _start_child(work: Callable[[], dict[int, Changed]]) -> tuple[int, int] | No
         status = 1
         try:
             os.close(read)
+            # Not the parent's output: a reader of it (`$(envlock verify)`) waits for this process too.
+            quiet = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(quiet, fd)
+            os.close(quiet)
             data = memoryview(marshal.dumps(work()))
             while data:
                 data = data[os.write(write, data):]
