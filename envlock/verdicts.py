@@ -41,6 +41,8 @@ FORMAT = 2
 #: A memo larger than this is not read (a report of thousands of findings is not worth remembering).
 LIMIT = 16 * 1024 * 1024
 PACKAGE = os.path.dirname(os.path.realpath(__file__))
+#: What launchers call a process's rank on its node (torchrun, Slurm, Open MPI): one memo per local rank.
+LOCAL_RANKS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
 #: The verify options a memo is never written for (with these the report is not a function of what is keyed).
 UNREMEMBERED = ("deep", "facts", "distributed", "ray")
 
@@ -92,10 +94,12 @@ class Memo:
             cwd = os.getcwd()
         except OSError:
             return None
-        # One file per folder, command line, envlock install and host: two installs do not overwrite each other's
-        # and nodes that share a home folder keep one each.
+        # One file per folder, command line, envlock install, host and local rank: two installs do not overwrite
+        # each other's, nodes that share a home folder keep one each, and the ranks of one node (whose facts can
+        # differ: a GPU each) do not take turns overwriting one memo.
         host = os.uname().nodename if hasattr(os, "uname") else ""
-        where = short_digest("\0".join((cwd, *argv, "", *_settings(), PACKAGE, sys.executable, host)))
+        rank = tuple(os.environ.get(name, "") for name in LOCAL_RANKS)
+        where = short_digest("\0".join((cwd, *argv, "", *_settings(), PACKAGE, sys.executable, host, *rank)))
         path = cache_file(f"verdict-{where}.{sys.implementation.cache_tag}.marshal")
         return cls(path, argv, cwd, lock) if path is not None else None
 

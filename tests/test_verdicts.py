@@ -220,6 +220,20 @@ def test_the_lock_named_by_envlock_lock_is_the_one_reported(job: Job) -> None:
     assert shown == {"envlock.lock": "envlock.lock", "copy.lock": "copy.lock"}
 
 
+def test_each_rank_of_a_node_keeps_a_memo_of_its_own(main_job: Job) -> None:
+    # Ranks on one node can read different facts (on a GPU node, a GPU each: the GPU collector honours a per-task
+    # CUDA_VISIBLE_DEVICES): one memo each, so each rank's next job start is answered rather than missing on the
+    # memo another rank wrote last.
+    runs = []
+    for _ in range(2):
+        for rank in ("0", "1"):
+            main_job.env.update(LOCAL_RANK=rank, CUDA_VISIBLE_DEVICES=rank)
+            runs.append(main_job.verify("--json"))
+    assert len(main_job.memos()) == 2
+    assert [run.compared for run in runs] == [True, True, False, False]
+    assert runs[0].stdout == runs[2].stdout and runs[1].stdout == runs[3].stdout
+
+
 def test_a_damaged_memo_is_ignored_and_written_again(job: Job) -> None:
     clean = job.verify()
     (memo,) = job.memos()
