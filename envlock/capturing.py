@@ -31,7 +31,7 @@ from envlock.model import (
 from envlock.policy import default_policy
 from envlock.probes.blas import parse_blas
 from envlock.probes.cpu import parse_cpu
-from envlock.probes.cuda import find_shadowed, parse_cuda
+from envlock.probes.cuda import parse_cuda
 from envlock.probes.floats import parse_floats, parse_threads
 from envlock.probes.gpu import parse_gpu
 from envlock.probes.numerics import MAX_WORK, KernelSpec, parse_numerics, shape_work
@@ -40,6 +40,7 @@ from envlock.probes.numerics.kernels import kernel_cost, over_bound
 from envlock.probes.packages import canonical_name, parse_packages
 from envlock.probes.platform import parse_platform
 from envlock.probes.python import parse_python
+from envlock.probes.shadowing import find_shadowed
 from envlock.progress import bar
 
 PLACEHOLDER_HASH = "sha256:" + "0" * 64

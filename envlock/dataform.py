@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import Any, Literal, Union
 
+from envlock.errors import ModelError as ModelError
+
 SAFE_TEXT = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]{0,1024}"
 
 
@@ -34,15 +36,6 @@ def keyed(pattern: str, **kwargs: Any) -> Any:
 
 
 # --- loading from plain data --------------------------------------------------------------------------
-
-
-class ModelError(ValueError):
-    """Plain data that does not fit the model; `where` is the dotted place."""
-
-    def __init__(self, where: str, message: str) -> None:
-        self.where = where
-        self.message = message
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}

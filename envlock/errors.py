@@ -6,11 +6,12 @@ one line on stderr and its code (`exit_for`).
 
 from __future__ import annotations
 
-import re
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing and re are not imported here: the collectors of a job start load this module
 if TYPE_CHECKING:
+    import re
+
     from envlock.findings import Report
 
 
@@ -28,13 +29,29 @@ class ExitCode(IntEnum):
 #: What must never reach a terminal raw from a user's path or value: C0/C1 controls (a newline splits the one
 #: error line, an escape sequence restyles the terminal), line and paragraph separators, bidirectional overrides,
 #: and lone surrogates (undecodable bytes of a path or variable; no stream can encode them).
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+UNPRINTABLE = r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+_UNPRINTABLE: re.Pattern[str] | None = None
 
 
 def printable(text: str) -> str:
     """`text` on one line: each control character, separator, bidi override and lone surrogate as its Python
     escape (`\\n`, `\\x1b`, `\\u202e`, `\\udcff`)."""
+    global _UNPRINTABLE
+    if _UNPRINTABLE is None:
+        import re
+
+        _UNPRINTABLE = re.compile(UNPRINTABLE)
     return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class ModelError(ValueError):
+    """Plain data that does not fit the model (envlock.dataform, the collectors' parse_* functions); `where` is the
+    dotted place."""
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class EnvlockError(Exception):

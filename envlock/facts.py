@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import codecs
-import json
 import os
-import re
 import sys
-import threading
-from typing import Any
 
 from envlock._version import __version__
-from envlock.errors import EnvlockError, FactsError
+from envlock.errors import EnvlockError, FactsError, ModelError
 from envlock.files import read_regular
-from envlock.model import ModelError
 from envlock.probes.blas import NUMERIC_MODULES, collect_blas, load_numeric_modules
 from envlock.probes.cpu import collect_cpu
 from envlock.probes.cuda import collect_cuda
@@ -23,12 +18,14 @@ from envlock.probes.nvsmi import parse_nvidia_smi_xml
 from envlock.probes.packages import collect_packages
 from envlock.probes.platform import collect_platform
 from envlock.probes.python import collect_python
-from envlock.progress import bar
+
+TYPE_CHECKING = False  # see envlock/errors.py: json, re and threading are imported where they are needed
+if TYPE_CHECKING:
+    from typing import Any
 
 FACTS_FORMAT = 1
 MAX_FACTS_BYTES = 64 * 1024 * 1024
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.*+:-]+")
+_PLAIN_KEY = r"[A-Za-z0-9_.*+:-]+"
 
 
 def collect_facts(
@@ -60,8 +57,10 @@ def collect_facts(
         except BaseException as exc:  # re-raised in the calling thread below
             failure.append(exc)
 
-    loader = threading.Thread(target=_load, name="envlock-import", daemon=True)
     if modules:
+        import threading
+
+        loader = threading.Thread(target=_load, name="envlock-import", daemon=True)
         loader.start()
     facts: dict[str, Any] = {
         "envlock_facts": FACTS_FORMAT,
@@ -78,7 +77,7 @@ def collect_facts(
     if failure:
         raise failure[0]
     for var, value in facts["env"].items():
-        if isinstance(value, str) and _SURROGATE.search(value) is not None:
+        if isinstance(value, str) and _surrogate(value):
             # os.environ keeps bytes that are not UTF-8 as lone surrogates; no lock can record such a value.
             try:
                 shown = value.encode("utf-8", "surrogateescape")[:40]
@@ -114,6 +113,7 @@ def run_default_probe(probe_shapes: tuple[str, ...] = (), *, progress: bool = Fa
         except RuntimeError:
             devices = 0
     from envlock.probes.numerics import collect_numerics, default_kernels  # the probe: never on `verify --fast`
+    from envlock.progress import bar
 
     specs = default_kernels(numpy="numpy" in sys.modules, torch=torch is not None, cuda_devices=devices,
                             extra_shapes=probe_shapes)
@@ -123,6 +123,8 @@ def run_default_probe(probe_shapes: tuple[str, ...] = (), *, progress: bool = Fa
 
 def dumps_facts(facts: dict[str, Any]) -> str:
     """Facts as stable, readable JSON."""
+    import json
+
     return json.dumps(facts, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -133,11 +135,11 @@ def not_unicode(value: Any, where: str = "") -> str | None:
     while stack:
         item, place = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item) is not None:
+            if _surrogate(item):
                 return place
         elif isinstance(item, dict):
             for key, child in item.items():
-                if isinstance(key, str) and _SURROGATE.search(key) is not None:
+                if isinstance(key, str) and _surrogate(key):
                     return _place(place, key)
                 stack.append((child, _place(place, str(key))))
         elif isinstance(item, list):
@@ -145,8 +147,20 @@ def not_unicode(value: Any, where: str = "") -> str | None:
     return None
 
 
+def _surrogate(text: str) -> bool:
+    """Whether `text` holds a lone surrogate (only those cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _place(where: str, key: str) -> str:
-    shown = key if _PLAIN_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=True)
+    import json
+    import re
+
+    shown = key if re.fullmatch(_PLAIN_KEY, key) else json.dumps(key, ensure_ascii=True)
     return f"{where}.{shown}" if where else shown
 
 
@@ -158,6 +172,8 @@ def load_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
                        missing="no such facts file (write one with `envlock facts -o FILE`)")
     if len(raw) > MAX_FACTS_BYTES:
         raise FactsError(name, "file is too large for a facts dump")
+    import json
+
     raw = raw.removeprefix(codecs.BOM_UTF8)  # as Windows tools save UTF-8
     if raw.lstrip()[:1] == b"<":
         return _nvidia_smi_facts(raw, name)

@@ -7,21 +7,36 @@ task runs on the CPUs `--cpus-per-task` gives it. Capture and verify name the la
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+
+TYPE_CHECKING = False  # see envlock/errors.py: a job start reads the launcher without typing or dataclasses
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: torchrun's default for OMP_NUM_THREADS when the variable is unset (torch.distributed.run).
 TORCHRUN_OMP_DEFAULT = "1"
 
 
-@dataclass(frozen=True)
 class Launcher:
     """The launcher of this process: its name ("torchrun", "slurm"), this process's global rank and the world
     size (0 when the launcher does not say)."""
 
-    name: str
-    rank: int = 0
-    world_size: int = 0
+    __slots__ = ("name", "rank", "world_size")
+
+    def __init__(self, name: str, rank: int = 0, world_size: int = 0) -> None:
+        self.name = name
+        self.rank = rank
+        self.world_size = world_size
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Launcher):
+            return NotImplemented
+        return (self.name, self.rank, self.world_size) == (other.name, other.rank, other.world_size)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.rank, self.world_size))
+
+    def __repr__(self) -> str:
+        return f"Launcher(name={self.name!r}, rank={self.rank!r}, world_size={self.world_size!r})"
 
     @property
     def label(self) -> str:

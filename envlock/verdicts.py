@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
-FORMAT = 2
+FORMAT = 3
 #: A memo larger than this is not read (a report of thousands of findings is not worth remembering).
 LIMIT = 16 * 1024 * 1024
 PACKAGE = os.path.dirname(os.path.realpath(__file__))
@@ -61,7 +61,7 @@ class Memo:
         self.lock = lock
         self.facts: dict[str, Any] | None = None
         self.extra_env: tuple[str, ...] = ()  # the variables the facts were read with (the lock's extra_env)
-        self.key: str | None = None
+        self.key: bytes | None = None
         self.replayed = False  # replay() ran (a miss): the verify does not ask again
         # After a miss, the size check replay() started: (the packages it sizes, their names, the check, its
         # answer when replay() had it already), for the verify (see sizing).
@@ -144,7 +144,7 @@ class Memo:
                 if self.key is not None and entry["key"] == self.key and entry["lock"] == self.lock:
                     self.extra_env = entry["extra_env"]
                     self.facts = collect_facts(fast=True, init_cuda=True, extra_env=self.extra_env)
-                    if _facts_digest(self.facts) == entry["facts"] and _launcher() == entry["launcher"]:
+                    if _facts_key(self.facts) == entry["facts"] and _launcher() == entry["launcher"]:
                         done = check.result()
                         if by_name(names, done) == entry["modified"]:
                             return entry
@@ -192,7 +192,7 @@ class Memo:
         text = buffer.getvalue()
         if code in (ExitCode.OK, ExitCode.MISMATCH) and self.key is not None and self._key() == self.key:
             entry = {"key": self.key, "lock": self.lock, "extra_env": tuple(extra_env),
-                     "facts": _facts_digest(facts), "launcher": launcher, "sized": tuple(sized),
+                     "facts": _facts_key(facts), "launcher": launcher, "sized": tuple(sized),
                      "modified": {name: tuple(changed) for name, changed in modified.items()},
                      "stdout": text, "code": int(code)}
             try:
@@ -204,10 +204,11 @@ class Memo:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def _key(self) -> str | None:
-        """The digest of what is not read again on a hit: the lock's bytes, every pyproject.toml at or above the
-        working folder, the command line, envlock's variables, the working folder and envlock's code; None when
-        the lock or a pyproject.toml cannot be read (the verify says why)."""
+    def _key(self) -> bytes | None:
+        """What is not read again on a hit, whole (compared byte for byte, no digest to load a hash library for):
+        the lock's bytes, every pyproject.toml at or above the working folder, the command line, envlock's
+        variables, the working folder and envlock's code; None when the lock or a pyproject.toml cannot be read
+        (the verify says why)."""
         from envlock.errors import EnvlockError
         from envlock.files import MAX_LOCK_BYTES, read_regular
 
@@ -220,7 +221,7 @@ class Memo:
         except (OSError, EnvlockError):
             return None
         head = repr((FORMAT, __version__, sys.executable, self.cwd, self.argv, _settings(), self.lock))
-        return _digest(b"\0".join([head.encode("utf-8", "surrogateescape"), code, lock, projects]))
+        return b"\0".join([head.encode("utf-8", "surrogateescape"), code, lock, projects])
 
 
 def _settings() -> tuple[str, ...]:
@@ -234,27 +235,26 @@ def _is_terminal() -> bool:
     return bool(isatty and isatty())
 
 
-def _digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 #: /proc/cpuinfo lines that move while the machine runs (a core's clock now): no part of a lock (parse_cpu reads
 #: none of them), so a run that differs only there saw the same thing.
 VOLATILE_CPUINFO = frozenset({"cpu MHz", "cpu MHz dynamic", "cpu MHz static", "bogomips", "BogoMIPS"})
 
 
-def _facts_digest(facts: Mapping[str, Any]) -> str:
+def _facts_key(facts: Mapping[str, Any]) -> bytes:
+    """The facts as bytes that are equal exactly when the facts are: marshal's format 2 writes no back-references,
+    so equal data gives equal bytes (the facts are plain data; JSON, for anything marshal cannot write)."""
     cpu = facts.get("cpu")
     info = cpu.get("cpuinfo") if isinstance(cpu, dict) else None
     if isinstance(cpu, dict) and isinstance(info, dict):
         steady = {k: "" if k in VOLATILE_CPUINFO and isinstance(v, str) else v for k, v in info.items()}
         facts = {**facts, "cpu": {**cpu, "cpuinfo": steady}}
-    import json
+    try:
+        return marshal.dumps(dict(facts), 2)
+    except ValueError:
+        import json
 
-    text = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
-    return _digest(text.encode("utf-8", "surrogateescape"))
+        text = json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+        return text.encode("utf-8", "surrogateescape")
 
 
 def _launcher() -> str:
@@ -302,8 +302,8 @@ def _code_stamp() -> bytes:
 def _valid(entry: Mapping[str, Any]) -> bool:
     """Whether a memo read back has every field, of its type (anything else is a miss)."""
     try:
-        return (isinstance(entry.get("key"), str) and isinstance(entry.get("lock"), str)
-                and isinstance(entry.get("facts"), str)
+        return (isinstance(entry.get("key"), bytes) and isinstance(entry.get("lock"), str)
+                and isinstance(entry.get("facts"), bytes)
                 and isinstance(entry.get("launcher"), str) and isinstance(entry.get("stdout"), str)
                 and type(entry.get("code")) is int
                 and isinstance(entry.get("extra_env"), tuple) and all(isinstance(e, str) for e in entry["extra_env"])

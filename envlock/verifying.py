@@ -35,11 +35,11 @@ from envlock.model import (
     Policy,
 )
 from envlock.policy import DEFAULT_RULES, merge_policy, rule_for, unmatched
-from envlock.probes.cuda import Shadow, find_shadowed
 from envlock.probes.gpu import nvml_unavailable
 from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.numerics.fingerprint import replay_fingerprints
 from envlock.probes.packages import canonical_name
+from envlock.probes.shadowing import Shadow, find_shadowed
 from envlock.probes.sizes import changed_files
 from envlock.progress import bar
 

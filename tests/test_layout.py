@@ -64,6 +64,11 @@ LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envl
         # check's child before it loads the exceptions, the file reader, the collectors and the launcher's table.
         ("envlock.entry", "envlock.cli"),
         *(("envlock.verdicts", m) for m in ("envlock.errors", "envlock.files", "envlock.facts", "envlock.launcher")),
+        # A memo hit reads the facts but never builds the lock's records: the collectors load the model (and its
+        # grammars) in the functions that parse, and the facts load the progress bar only when one is drawn.
+        *(("envlock.probes." + p, "envlock.model") for p in ("blas", "cpu", "cuda", "floats", "gpu", "packages",
+                                                              "platform", "python")),
+        ("envlock.facts", "envlock.progress"),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),
@@ -146,3 +151,36 @@ def test_verify_fast_loads_no_heavy_library(tmp_path: Path) -> None:
               if line.startswith("import time:")}
     assert "envlock" in loaded
     assert sorted(loaded & set(HEAVY)) == []
+
+
+#: What a `verify --fast` answered by its memo must not load: the standard library's slow imports (typing, re and the
+#: rest) and the lock's model, whose grammars compile at import. Only those a bare interpreter has not loaded already
+#: count (an editable install's finder loads re, for one).
+NOT_ON_A_HIT = ("typing", "re", "json", "hashlib", "dataclasses", "inspect", "csv", "urllib", "threading", "ctypes",
+                "envlock.model", "envlock.dataform", "envlock.lockfile", "envlock.cli")
+
+
+def _loaded(stderr: str) -> set[str]:
+    return {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.slow
+def test_a_verify_fast_answered_by_its_memo_loads_no_slow_module(tmp_path: Path) -> None:
+    # Without site (-S) so that nothing a .pth file loads hides a module from the count: envlock from this checkout,
+    # the rest from this interpreter's site-packages, the same for the run that writes the memo and the one it answers.
+    import sysconfig
+
+    path = [str(PACKAGE.parent), sysconfig.get_paths()["purelib"]]
+    code = (f"import sys; sys.path[:0] = {path!r}; sys.argv = ['envlock', 'verify', '--fast', {str(DEVBOX_LOCK)!r}]; "
+            "from envlock.entry import console; console()")
+    env = clean_env(ENVLOCK_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path, env=env) for _ in range(2)]
+    assert [r.returncode for r in runs] == [1, 1], runs[-1].stderr[-2000:]  # the devbox's lock is not this machine
+    assert runs[1].stdout == runs[0].stdout
+    miss, hit = (_loaded(r.stderr) for r in runs)
+    assert "envlock.cli" in miss and "envlock.verdicts" in hit  # the first run verified; the second asked the memo
+    bare = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    slow = sorted(m for m in hit - _loaded(bare.stderr) if m in NOT_ON_A_HIT or m.split(".")[0] in NOT_ON_A_HIT)
+    assert slow == []

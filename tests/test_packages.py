@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import marshal
 import os
 import stat
 import sys
@@ -638,13 +639,37 @@ def test_the_digest_cache_gives_the_same_digests_and_is_used(tmp_path: Path, mon
     info = _dist(tmp_path / "site")
     first = collect_packages([str(tmp_path / "site")])
     assert first[0]["files"] == record_digest((info / "RECORD").read_text(), info.name)
-    assert list((tmp_path / "cache").glob("record-digests-*.json"))
+    assert list((tmp_path / "cache").glob("record-digests-*.marshal"))
 
     def refuse(*_: Any) -> str:
         raise AssertionError("the cached digest should have been used")
 
     monkeypatch.setattr(packages, "record_digest", refuse)
     assert collect_packages([str(tmp_path / "site")]) == first
+
+
+def test_direct_url_json_is_remembered_and_read_again_when_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import envlock.probes.packages as packages
+
+    monkeypatch.setenv("ENVLOCK_CACHE_DIR", str(tmp_path / "cache"))
+    info = _dist(tmp_path / "site")
+    (info / "direct_url.json").write_text('{"url": "file:///src/a", "dir_info": {"editable": true}}')
+    first = collect_packages([str(tmp_path / "site")])[0]
+    assert first["direct_url"] == {"url": "file:///src/a", "dir_info": {"editable": True}}
+
+    def refuse(*_: Any) -> Any:
+        raise AssertionError("the remembered direct_url.json should have been used")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(packages, "_read_direct_url", refuse)
+        assert collect_packages([str(tmp_path / "site")])[0] == first
+    (info / "direct_url.json").write_text('{"url": "file:///src/bb", "dir_info": {}}')
+    assert collect_packages([str(tmp_path / "site")])[0]["direct_url"] == {"url": "file:///src/bb", "dir_info": {}}
+    (info / "direct_url.json").write_text("{not json")  # as before: unreadable means from an index
+    assert "direct_url" not in collect_packages([str(tmp_path / "site")])[0]
+    (info / "direct_url.json").unlink()
+    assert "direct_url" not in collect_packages([str(tmp_path / "site")])[0]
 
 
 def test_a_rewritten_record_is_digested_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -663,8 +688,13 @@ def test_a_broken_or_unwritable_cache_only_costs_time(tmp_path: Path, monkeypatc
     info = _dist(tmp_path / "site")
     expected = record_digest((info / "RECORD").read_text(), info.name)
     collect_packages([str(tmp_path / "site")])
-    for file in cache.glob("*.json"):
-        file.write_text('{"version": 1, "entries": {"x": "not a list"}, ')  # truncated JSON
+    caches = list(cache.glob("record-digests-*.marshal"))
+    assert caches
+    for file in caches:
+        file.write_bytes(marshal.dumps({"version": 1, "entries": {"x": "not a list"}})[:-3])  # truncated
+    assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected
+    for file in caches:
+        file.write_bytes(marshal.dumps({"version": 1, "entries": {str(info / "RECORD"): "not a list"}}))
     assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
@@ -713,7 +743,7 @@ FORKS = pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_
                            reason="the forked half runs on Linux with two usable cores")
 
 
-def _size_jobs(root: Path) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
+def _size_jobs(root: Path) -> list[tuple[str, str, tuple[int, ...]]]:
     """Four packages of 50 files each; in the first and the last one file grew and one is gone."""
     jobs = []
     for number in range(4):
@@ -725,8 +755,14 @@ def _size_jobs(root: Path) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]
         if number in (0, 3):
             (location / "pkg" / "f7.py").write_text("x = 1  # edited\n")
             (location / "pkg" / "f9.py").unlink()
-        jobs.append((str(location), paths, (6,) * 50))
+        jobs.append((str(location), "\n".join(paths), (6,) * 50))
     return jobs
+
+
+def _alone(job: tuple[str, str, tuple[int, ...]]) -> list[tuple[str, str]]:
+    """One job's size check on its own (SizeCheck's jobs hold their paths joined by newlines)."""
+    location, joined, sizes = job
+    return changed_sizes(location, joined.split("\n"), sizes)
 
 
 @FORKS
@@ -735,7 +771,7 @@ def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_ans
     import envlock.probes.sizes as sizes
 
     jobs = _size_jobs(tmp_path)
-    alone = [changed_sizes(*job) for job in jobs]
+    alone = [_alone(job) for job in jobs]
     assert alone[0] == alone[3] == [("pkg/f7.py", "6 bytes in RECORD, 16 on disk"), ("pkg/f9.py", "missing")]
     assert alone[1] == alone[2] == []
     forks: list[int] = []
@@ -761,7 +797,7 @@ def test_the_child_and_the_parent_share_out_units_and_every_one_is_done(
     import envlock.probes.sizes as sizes
 
     jobs = _size_jobs(tmp_path)
-    alone = [changed_sizes(*job) for job in jobs]
+    alone = [_alone(job) for job in jobs]
     monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(sizes, "UNIT_FILES", 7)  # 200 files: 32 units, met somewhere in the middle
     assert SizeCheck(jobs, parallel_from=0).result() == alone  # the parent starts at once
@@ -816,7 +852,7 @@ def test_a_failed_child_has_its_half_done_by_the_parent(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(sizes, "_child_work", broken)
-    assert changed_sizes_all(jobs, parallel_from=0) == [changed_sizes(*job) for job in jobs]
+    assert changed_sizes_all(jobs, parallel_from=0) == [_alone(job) for job in jobs]
 
 
 def test_no_child_while_another_thread_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -842,7 +878,7 @@ def test_the_size_tables_are_cached_and_taken_again_when_record_is_rewritten(
     info = _dist(tmp_path / "site")
     record = str(info / "RECORD")
     first = SizeTables([str(tmp_path / "site")])
-    assert first.table(record, info.name) == (("cached_pkg/__init__.py",), (3,))
+    assert first.table(record, info.name) == ("cached_pkg/__init__.py", (3,))
     first.save({record})
     (cached,) = (tmp_path / "cache").glob("record-sizes-*.marshal")
 
@@ -851,12 +887,12 @@ def test_the_size_tables_are_cached_and_taken_again_when_record_is_rewritten(
 
     with monkeypatch.context() as patched:
         patched.setattr(sizes, "record_sizes", refuse)
-        assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == (("cached_pkg/__init__.py",), (3,))
+        assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == ("cached_pkg/__init__.py", (3,))
     (info / "RECORD").write_text("cached_pkg/__init__.py,sha256=abc,4\n")
     again = SizeTables([str(tmp_path / "site")])
-    assert again.table(record, info.name) == (("cached_pkg/__init__.py",), (4,))
+    assert again.table(record, info.name) == ("cached_pkg/__init__.py", (4,))
     cached.write_bytes(b"\x00garbage")  # a broken cache only costs time
-    assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == (("cached_pkg/__init__.py",), (4,))
+    assert SizeTables([str(tmp_path / "site")]).table(record, info.name) == ("cached_pkg/__init__.py", (4,))
     monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
     off = SizeTables([str(tmp_path / "site")])
-    assert off.path is None and off.table(record, info.name) == (("cached_pkg/__init__.py",), (4,))
+    assert off.path is None and off.table(record, info.name) == ("cached_pkg/__init__.py", (4,))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import marshal
 import platform as host_platform
 from pathlib import Path
 from typing import Any
@@ -441,14 +442,15 @@ def test_the_interpreter_tag_is_remembered_under_what_decides_it(tmp_path: Path,
     monkeypatch.setattr(python_probe, "_work_out_tag", counted)
     assert [python_probe.interpreter_tag() for _ in range(3)] == [worked_out] * 3
     assert calls == ["worked out"]  # once, then from the cache
-    cache = tmp_path / "python-tags.json"
+    cache = tmp_path / "python-tags.marshal"
     # Another C library (or interpreter, platform, packaging) is another key: worked out again.
     monkeypatch.setattr(python_probe.os, "confstr", lambda name: "glibc 9.99", raising=False)
     assert python_probe.interpreter_tag() == worked_out and len(calls) == 2
-    assert len(json.loads(cache.read_text(encoding="utf-8"))["entries"]) == 2
-    for damaged in ("", "{", '{"version": 1, "entries": {"x": 1}}', json.dumps({"version": 1, "entries": {
-            key: "forged" for key in json.loads(cache.read_text(encoding="utf-8"))["entries"]}})):
-        cache.write_text(damaged, encoding="utf-8")
+    assert len(marshal.loads(cache.read_bytes())["entries"]) == 2
+    keys = marshal.loads(cache.read_bytes())["entries"]
+    for damaged in (b"", b"{", marshal.dumps({"version": 1, "entries": {"x": 1}}),
+                    marshal.dumps({"version": 1, "entries": {key: "forged" for key in keys}})):
+        cache.write_bytes(damaged)
         assert python_probe.interpreter_tag() == worked_out
     monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
     cache.unlink()

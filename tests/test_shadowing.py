@@ -17,7 +17,8 @@ from envlock.compare import compare_locks, shadow_findings
 from envlock.facts import dumps_facts, load_facts
 from envlock.lockfile import dumps
 from envlock.model import Policy, Rule
-from envlock.probes.cuda import Shadow, find_shadowed, loaded_libraries
+from envlock.probes.cuda import loaded_libraries
+from envlock.probes.shadowing import Shadow, find_shadowed
 from envlock.verifying import verify
 
 H100 = Path(__file__).resolve().parent.parent / "fixtures" / "hosts" / "linux-nvidia550-cuda12.4-sapphirerapids-h100x8"

@@ -454,7 +454,7 @@ def test_a_cores_clock_now_is_not_something_the_memo_tells_apart() -> None:
     info = {**read["cpu"]["cpuinfo"], **{k: "1000.0" for k in verdicts.VOLATILE_CPUINFO}}
     facts = {**read, "cpu": {**read["cpu"], "cpuinfo": info}}
     moved = {**facts, "cpu": {**facts["cpu"], "cpuinfo": {**info, **{k: "1234.5" for k in verdicts.VOLATILE_CPUINFO}}}}
-    assert verdicts._facts_digest(moved) == verdicts._facts_digest(facts)
+    assert verdicts._facts_key(moved) == verdicts._facts_key(facts)
     assert parse_cpu(moved["cpu"]) == parse_cpu(facts["cpu"])  # no part of the lock: the memo may ignore them
     flagged = {**facts, "cpu": {**facts["cpu"], "cpuinfo": {**info, "flags": "fpu"}}}
-    assert verdicts._facts_digest(flagged) != verdicts._facts_digest(facts)
+    assert verdicts._facts_key(flagged) != verdicts._facts_key(facts)

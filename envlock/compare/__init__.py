@@ -24,7 +24,8 @@ from envlock.model import Lock, Package, Policy, Rule, Target, to_dict
 from envlock.policy import explicit_rule, rule_for
 from envlock.probes.coretype import coretype_verdict
 from envlock.probes.cpu import older_answer
-from envlock.probes.cuda import Shadow, kernels_for
+from envlock.probes.cuda import kernels_for
+from envlock.probes.shadowing import Shadow
 
 #: Sections a caller may leave out of the comparison (`--fast` leaves out those that need torch or numpy).
 SECTIONS = ("python", "packages", "floats.env", "floats.torch", "platform", "cpu", "blas", "threads", "gpu")

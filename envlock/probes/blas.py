@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import sys
-from typing import Any
 
 from envlock._raw import get
-from envlock.model import BlasLibrary, BlasSection, ModelError
+from envlock.errors import ModelError
 from envlock.probes.coretype import blocked_coretype
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envlock.model import BlasSection
 
 #: Modules whose import loads the numeric libraries worth locking.
 NUMERIC_MODULES = ("numpy", "torch")
@@ -23,6 +26,8 @@ def load_numeric_modules(modules: tuple[str, ...] = NUMERIC_MODULES) -> list[str
     """
     if blocked_coretype():
         return [name for name in modules if name in sys.modules]
+    import importlib.util
+
     loaded = []
     for name in modules:
         if name in sys.modules or importlib.util.find_spec(name) is not None:
@@ -48,6 +53,8 @@ def collect_blas(*, import_modules: bool = True) -> dict[str, Any]:
 
 def library_owner(filepath: str) -> str:
     """The package that ships a shared library, from its path (`.../numpy.libs/x.so` -> `numpy`)."""
+    import re
+
     parts = re.split(r"[\\/]+", filepath)
     for i, part in enumerate(parts[:-1]):
         if part.endswith(".libs"):
@@ -61,6 +68,8 @@ def library_owner(filepath: str) -> str:
 
 def parse_torch_blas(config: str, parallel_info: str) -> tuple[str, str]:
     """(backend, version) of the BLAS compiled into torch, from its build configuration text."""
+    import re
+
     match = re.search(r"BLAS_INFO=([A-Za-z0-9_+.-]+)", config)
     backend = match.group(1) if match else ""
     version = ""
@@ -75,6 +84,10 @@ def parse_torch_blas(config: str, parallel_info: str) -> tuple[str, str]:
 
 def parse_blas(raw: Any) -> BlasSection:
     """The `blas` section of a target from raw facts."""
+    import re
+
+    from envlock.model import BlasLibrary, BlasSection
+
     infos = get(raw, "threadpool_info", list, "blas", [])
     libraries: dict[str, BlasLibrary] = {}
     for i, info in enumerate(infos):

@@ -4,8 +4,8 @@ SIGILL the moment OpenBLAS loads, so it is judged before anything imports numpy 
 from __future__ import annotations
 
 import os
-import platform
 
+from envlock.probes import host
 from envlock.probes.cpu import TEST_FLAGS_VAR, _first_cpuinfo_block
 
 # OpenBLAS DYNAMIC_ARCH core types (the names `openblas_get_corename()` and OPENBLAS_CORETYPE use, compared
@@ -96,4 +96,4 @@ def blocked_coretype() -> str:
     if not name:
         return ""
     flags = cpu_flags()
-    return coretype_verdict(name, flags, platform.machine()) if flags else ""
+    return coretype_verdict(name, flags, host.machine()) if flags else ""

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 import os
-import platform
-import re
-from typing import Any
 
 from envlock._raw import get
-from envlock.model import CpuSection, ModelError
+from envlock.errors import ModelError
+from envlock.probes import host
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envlock.model import CpuSection
 
 # ISA extensions that change which kernels BLAS and ATen pick, or how they round (FMA, bf16/fp16 dot products).
 NUMERIC_FLAGS = frozenset({
@@ -72,7 +76,8 @@ def collect_caches(root: str | None = None) -> list[dict[str, str]]:
     default); [] without sysfs."""
     root = root or SYSFS_CACHE
     try:
-        names = sorted(n for n in os.listdir(root) if re.fullmatch(r"index[0-9]{1,3}", n))
+        names = sorted(n for n in os.listdir(root)
+                       if n[:5] == "index" and 6 <= len(n) <= 8 and n[5:].isascii() and n[5:].isdigit())
     except OSError:
         return []
     out = []
@@ -108,7 +113,7 @@ def collect_cpuinfo_caches() -> dict[str, Any]:
 
 def on_linux() -> bool:
     """Whether this is Linux (where sysfs is the only source of cache sizes worth recording)."""
-    return platform.system() == "Linux"
+    return host.system() == "Linux"
 
 
 def collect_cpu(*, fallback: bool = True, cache_root: str | None = None) -> dict[str, Any]:
@@ -122,7 +127,7 @@ def collect_cpu(*, fallback: bool = True, cache_root: str | None = None) -> dict
     if os.environ.get(TEST_FLAGS_VAR) is not None:
         cpuinfo["flags"] = os.environ[TEST_FLAGS_VAR]
     raw: dict[str, Any] = {
-        "machine": platform.machine(),
+        "machine": host.machine(),
         "cpuinfo": cpuinfo,
         "logical_cores": os.cpu_count() or 1,
         "usable_cores": _usable_cores(),
@@ -137,13 +142,15 @@ def collect_cpu(*, fallback: bool = True, cache_root: str | None = None) -> dict
     return raw
 
 
-_SIZE = re.compile(r"([0-9]{1,12})\s*([KMG]?)(?:i?B)?", re.I)
+_SIZE = r"(?i)([0-9]{1,12})\s*([KMG]?)(?:i?B)?"
 _UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def cache_bytes(size: str) -> int | None:
     """A cache size as sysfs ("48K") or py-cpuinfo ("1 MiB", "256 KB") writes it, in bytes; None if unreadable."""
-    match = _SIZE.fullmatch(size.strip())
+    import re
+
+    match = re.fullmatch(_SIZE, size.strip())
     return int(match.group(1)) * _UNIT[match.group(2).upper()] if match else None
 
 
@@ -233,12 +240,16 @@ FAMILIES = {"amd64": "x86_64", "arm64": "aarch64", "powerpc64le": "ppc64le", "po
 
 def _power_generation(info: dict[str, Any]) -> int:
     """9 for "POWER9, altivec supported" (/proc/cpuinfo's `cpu` line on POWER); 0 when it names none (QEMU)."""
+    import re
+
     match = re.search(r"POWER([0-9]{1,2})", str(info.get("cpu") or ""))
     return int(match.group(1)) if match else 0
 
 
 def parse_cpu(raw: Any) -> CpuSection:
     """The `cpu` section of a target from raw facts."""
+    from envlock.model import CpuSection
+
     machine = get(raw, "machine", str, "cpu")
     info = get(raw, "cpuinfo", dict, "cpu", {})
     for key in info:  # /proc/cpuinfo values are text; anything else would be split into garbage flags below
@@ -288,6 +299,8 @@ def older_answer(field: str, locked: Any, now: Any) -> bool:
     if not isinstance(locked, str) or not isinstance(now, str) or locked == now:
         return False
     if field == "vendor":
+        import re
+
         return locked == "unknown" or (re.fullmatch(r"0x[0-9a-fA-F]{1,4}", locked) is not None
                                        and arm_vendor(locked) == now)
     if locked not in _COARSE_BEFORE.get(field, ()):

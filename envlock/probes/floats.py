@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterable
-from typing import Any
 
 from envlock._raw import get
-from envlock.model import EnvVar, Floats, ModelError, ThreadsSection, TorchFloats
+from envlock.errors import ModelError
 from envlock.probes.coretype import blocked_coretype
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from envlock.model import Floats, ThreadsSection
 
 #: Environment variables that change numerical results or the kernels chosen: the BLAS and OpenMP thread counts
 #: and kernel choices (OpenBLAS's core type and L2 blocking size, MKL's conditional reproducibility, Intel OpenMP's
@@ -91,6 +95,8 @@ def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
             return None
     if torch is None:
         return None
+    import warnings
+
     raw: dict[str, Any] = {"version": str(torch.__version__)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -108,6 +114,8 @@ def collect_torch(*, import_torch: bool = True) -> dict[str, Any] | None:
 def parse_floats(env: Any, torch: Any, extra: Iterable[str] = ()) -> Floats:
     """The `[floats]` section from raw facts: every numeric env var (and the policy's `extra` ones) set or unset,
     and torch's flags."""
+    from envlock.model import EnvVar, Floats, TorchFloats
+
     if not isinstance(env, dict):
         raise ModelError("env", "expected an object")
     variables = {}
@@ -156,6 +164,8 @@ def effective_precisions(torch: dict[str, Any], fields: dict[str, Any]) -> dict[
 
 def parse_threads(torch: Any) -> ThreadsSection | None:
     """Thread counts torch will use, or None without torch."""
+    from envlock.model import ThreadsSection
+
     if torch is None:
         return None
     return ThreadsSection(

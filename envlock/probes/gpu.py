@@ -7,13 +7,17 @@ Sources, in order: NVML (in-process, no subprocess); /proc/driver/nvidia/version
 from __future__ import annotations
 
 import os
-import re
-from typing import Any
 
 from envlock._raw import get
-from envlock.model import GpuDevice, GpuSection, MigInstance, ModelError
+from envlock.errors import ModelError
 from envlock.probes import nvml as sources
 from envlock.probes.nvsmi import virtualization_word
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envlock.model import GpuSection, MigInstance
 
 PROC_DRIVER = "/proc/driver/nvidia/version"
 NVIDIA_CTL = "/dev/nvidiactl"
@@ -61,6 +65,8 @@ def collect_gpu(*, nvml: bool = True, subprocess: bool = True, init_cuda: bool =
 
 def parse_proc_driver_version(text: str) -> str:
     """The driver version from /proc/driver/nvidia/version text (e.g. `550.54.15`), or ""."""
+    import re
+
     match = re.search(r"Kernel Module(?: for [A-Za-z0-9_]+)?\s+([0-9]+\.[0-9]+(?:\.[0-9]+)?)", text)
     return match.group(1) if match else ""
 
@@ -108,6 +114,8 @@ def _visible(devices: list[dict[str, Any]], spec: str | None) -> list[dict[str, 
 
 
 def _mig_instances(raw: Any, where: str) -> tuple[MigInstance, ...]:
+    from envlock.model import MigInstance
+
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -128,6 +136,10 @@ def _mig_instances(raw: Any, where: str) -> tuple[MigInstance, ...]:
 
 def parse_gpu(raw: Any) -> GpuSection:
     """The `gpu` section of a target from raw facts."""
+    import re
+
+    from envlock.model import GpuDevice, GpuSection
+
     if not isinstance(raw, dict):
         raise ModelError("gpu", "expected an object")
     devices_raw = get(raw, "devices", list, "gpu", [])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import re
+TYPE_CHECKING = False  # re is imported where a name is looked up: a machine without an NVIDIA GPU never does
+if TYPE_CHECKING:
+    import re
 
 # Product-name patterns, most specific first: one product family can share digits with another
 # ("RTX 6000 Ada" vs "Quadro RTX 6000" vs "RTX A6000" vs "RTX PRO 6000 Blackwell").
@@ -76,10 +77,17 @@ _NAME_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 
-@functools.cache
+_COMPILED: tuple[tuple[re.Pattern[str], str], ...] | None = None
+
+
 def _compiled() -> tuple[tuple[re.Pattern[str], str], ...]:
     """The name table compiled, on first use: a machine without an NVIDIA GPU never pays for its 50 patterns."""
-    return tuple((re.compile(pattern, re.IGNORECASE), cc) for pattern, cc in _NAME_TABLE)
+    global _COMPILED
+    if _COMPILED is None:
+        import re
+
+        _COMPILED = tuple((re.compile(pattern, re.IGNORECASE), cc) for pattern, cc in _NAME_TABLE)
+    return _COMPILED
 
 
 # Only architectures that have exactly one capability among the GPUs nvidia-smi reports.
@@ -101,13 +109,15 @@ _ARCH_FAMILY = {
 }
 
 # A GRID / vGPU slice is named after its board plus a profile suffix ("GRID P4-1Q", "NVIDIA A10-24Q").
-_VGPU_SUFFIX = re.compile(r"-\d+[A-Z]$")
+_VGPU_SUFFIX = r"-\d+[A-Z]$"
 
 
 def compute_capability(name: str, architecture: str = "") -> str:
     """The CUDA compute capability ("8.6") for a product name and architecture, or "" when unknown."""
     base = " ".join(name.split())
-    base = _VGPU_SUFFIX.sub("", base)
+    import re
+
+    base = re.sub(_VGPU_SUFFIX, "", base)
     arch = " ".join(architecture.split()).lower()
     for pattern, cc in _compiled():
         if pattern.search(base):

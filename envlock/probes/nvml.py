@@ -8,12 +8,14 @@ a collector that cannot run says why in `"error"` instead of raising. Nothing he
 
 from __future__ import annotations
 
-import ctypes
 import math
-from typing import Any
 
-from envlock.model import ModelError
+from envlock.errors import ModelError
 from envlock.probes.nvsmi import VIRTUALIZATION_MODES, parse_nvidia_smi_xml
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from typing import Any
 
 _ENABLED = {0: "Disabled", 1: "Enabled"}
 
@@ -127,6 +129,8 @@ def collect_cuda_driver_devices() -> list[dict[str, Any]] | dict[str, str]:
     Call it only in a process of envlock's own (the CLI): cuInit in a job's process before it forks its
     workers would get in the way of CUDA in those workers.
     """
+    import ctypes
+
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError as exc:

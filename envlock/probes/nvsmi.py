@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
-
-from envlock.model import ModelError
+from envlock.errors import ModelError
 from envlock.probes.gpu_arch import compute_capability
 
+TYPE_CHECKING = False  # see envlock/errors.py
 if TYPE_CHECKING:
     import xml.etree.ElementTree as ET
+    from typing import Any
 
 MAX_REPORT_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 32
@@ -29,10 +28,11 @@ _UNKNOWN = frozenset({
 #: "Host VGPU", "Host VSGA"; its "None" means bare metal, not "unknown", so it is recorded as "none".
 VIRTUALIZATION_MODES = ("none", "Pass-Through", "VGPU", "Host-VGPU", "Host-VSGA")
 _VIRTUALIZATION = {word.lower().replace("-", ""): word for word in VIRTUALIZATION_MODES}
-_SAFE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/+,:#-]{0,127}")
-_VERSION = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}")
-_MIB = re.compile(r"([0-9]{1,9})\s*MiB")
-_COUNT = re.compile(r"[0-9]{1,6}")
+# Matched in full (re is imported where a report is parsed: the job-start path never parses one).
+_SAFE_TEXT = r"[A-Za-z0-9][A-Za-z0-9 ._()/+,:#-]{0,127}"
+_VERSION = r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}"
+_MIB = r"([0-9]{1,9})\s*MiB"
+_COUNT = r"[0-9]{1,6}"
 _SWITCH = ("Enabled", "Disabled")
 
 
@@ -120,6 +120,8 @@ def _unknown(value: str) -> bool:
 
 def virtualization_word(value: str) -> str:
     """The lock's word for a virtualization mode as nvidia-smi or NVML names it ("None" -> "none"); others kept."""
+    import re
+
     return _VIRTUALIZATION.get(re.sub(r"[\s_-]", "", value.lower()), value)
 
 
@@ -131,7 +133,9 @@ def _raw_text(element: ET.Element, path: str) -> str:
 
 
 def _safe(value: str, where: str) -> str:
-    if not _SAFE_TEXT.fullmatch(value):
+    import re
+
+    if not re.fullmatch(_SAFE_TEXT, value):
         raise ModelError(where, f"unexpected value {value[:40]!r}")
     return value
 
@@ -151,27 +155,33 @@ def _virtualization(gpu: ET.Element, where: str) -> str:
 
 
 def _version(element: ET.Element, path: str, where: str) -> str:
+    import re
+
     value = _text(element, path, where)
-    if value and not _VERSION.fullmatch(value):
+    if value and not re.fullmatch(_VERSION, value):
         raise ModelError(where, f"not a version number: {value!r}")
     return value
 
 
 def _mib(element: ET.Element, path: str, where: str) -> int | None:
+    import re
+
     value = _text(element, path, where)
     if not value:
         return None
-    match = _MIB.fullmatch(value)
+    match = re.fullmatch(_MIB, value)
     if match is None:
         raise ModelError(where, f"expected a size like '23028 MiB', got {value!r}")
     return int(match.group(1))
 
 
 def _count(element: ET.Element, path: str, where: str) -> int | None:
+    import re
+
     value = _text(element, path, where)
     if not value:
         return None
-    if not _COUNT.fullmatch(value):
+    if not re.fullmatch(_COUNT, value):
         raise ModelError(where, f"expected a whole number, got {value!r}")
     return int(value)
 
@@ -249,8 +259,10 @@ def _device(gpu: ET.Element, index: int, where: str) -> dict[str, Any]:
 
 def _indices(gpus: list[ET.Element]) -> list[int]:
     """Each GPU's index: its minor number when every GPU has a distinct numeric one, else its report order."""
+    import re
+
     minors = [" ".join((gpu.findtext("minor_number") or "").split()) for gpu in gpus]
-    if all(_COUNT.fullmatch(minor) for minor in minors) and len(set(minors)) == len(minors):
+    if all(re.fullmatch(_COUNT, minor) for minor in minors) and len(set(minors)) == len(minors):
         return [int(minor) for minor in minors]
     return list(range(len(gpus)))
 

@@ -7,26 +7,28 @@ installer's own notes), so the same wheel installed into two environments gives 
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
+import marshal
 import os
-import re
 import sys
-from collections.abc import Iterable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from envlock._raw import get
-from envlock.model import Artifact, ModelError, Package, from_dict
-from envlock.probes.sizes import cache_file, kept, read_cache, stat_key, write_cache
+from envlock.errors import ModelError
+from envlock.probes.sizes import cache_file, kept, read_cache, short_digest, stat_key, write_cache
 
-_CANONICAL = re.compile(r"[-_.]+")
+TYPE_CHECKING = False  # see envlock/errors.py: hashlib, json, csv and re are imported where they are needed
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from envlock.model import Package
 
 
 def canonical_name(name: str) -> str:
-    """The PEP 503 normalized form of a distribution name."""
-    return _CANONICAL.sub("-", name).lower()
+    """The PEP 503 normalized form of a distribution name: each run of `-`, `_` and `.` as one `-`, lower case."""
+    out = name.replace("_", "-").replace(".", "-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.lower()
 
 
 def _headers(text_head: str) -> dict[str, str]:
@@ -53,6 +55,8 @@ def _read_head(path: str, limit: int = 65536, first: int = 4096) -> str:
 
 def _record_rows(record_text: str) -> Iterable[tuple[str, str]]:
     """(path, hash) per RECORD row; the csv module only for the rare quoted row (a comma in a file name)."""
+    import csv
+
     for line in record_text.splitlines():
         if '"' in line:
             for row in csv.reader([line]):
@@ -68,13 +72,16 @@ def _record_rows(record_text: str) -> Iterable[tuple[str, str]]:
 
 
 # A plain RECORD row with a hash: `path,algo=digest,size` (quoting only comes with commas in file names).
-_HASHED_ROW = re.compile(r"^([^,\n\r]+),([^,\n\r]+),[^,\n\r]*\r?$", re.M)
+_HASHED_ROW = r"(?m)^([^,\n\r]+),([^,\n\r]+),[^,\n\r]*\r?$"
 
 
 def record_digest(record_text: str, dist_info: str) -> str:
     """sha256 over the sorted `path hash` lines of a RECORD, prefix-dependent entries left out."""
     # The regular expression splits the rows in C (a torch RECORD has ~12,000); csv only for quoted rows.
-    rows = _record_rows(record_text) if '"' in record_text else _HASHED_ROW.findall(record_text)
+    import hashlib
+    import re
+
+    rows = _record_rows(record_text) if '"' in record_text else re.findall(_HASHED_ROW, record_text)
     lines = []
     for raw_path, digest in rows:
         if not digest:
@@ -120,23 +127,38 @@ def iter_dist_dirs(folders: Iterable[str]) -> Iterable[tuple[str, str]]:
                 yield folder, name
 
 
+#: No direct_url.json, or one that cannot be read as JSON: the distribution then counts as from an index.
+_ABSENT: Any = object()
+
+
+def _read_direct_url(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            import json  # only where a distribution has one
+
+            return json.load(handle)
+    except (OSError, ValueError):
+        return _ABSENT
+
+
 class DigestCache:
     """RECORD digests remembered between runs: a digest depends on RECORD's bytes only, so it is kept under RECORD's
     path and (mtime_ns, ctime_ns, size, inode) — any rewrite of the file changes ctime — and taken again only when
-    one of them moved. The cache is a JSON file in the user's cache folder (`$ENVLOCK_CACHE_DIR`, else
-    `$XDG_CACHE_HOME/envlock`, else `~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns it off. A cache that cannot be
-    read is ignored, one that cannot be written is not written: it only ever saves time."""
+    one of them moved; each direct_url.json's content likewise (so a job start loads no JSON parser). The cache is a
+    marshal file in the user's cache folder (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/envlock`, else
+    `~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns it off. A cache that cannot be read is ignored, one that
+    cannot be written is not written: it only ever saves time."""
 
     LIMIT = 4 * 1024 * 1024
 
     def __init__(self, folders: Iterable[str]) -> None:
         # One file per set of folders looked in (one per venv, in practice), so venvs do not evict each other.
-        name = hashlib.sha256("\0".join(folders).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-        self.path = cache_file(f"record-digests-{name}.json")
+        name = short_digest("\0".join(folders))
+        self.path = cache_file(f"record-digests-{name}.{sys.implementation.cache_tag}.marshal")
         self.entries: dict[str, list[Any]] = {}
         self.changed = False
         if self.path is not None:
-            self.entries = read_cache(self.path, self.LIMIT, json.loads)
+            self.entries = read_cache(self.path, self.LIMIT, marshal.loads)
 
     def digest(self, record: str, dist_info: str) -> str:
         """The digest of the RECORD at `record` (OSError when it cannot be read)."""
@@ -150,12 +172,32 @@ class DigestCache:
         self.changed = True
         return value
 
+    def direct_url(self, path: str) -> Any:
+        """What the `direct_url.json` at `path` says (PEP 610: installed from a URL or a folder), remembered like a
+        digest, under the file's stat; _ABSENT when there is none or it is not JSON."""
+        try:
+            key = stat_key(os.stat(path))
+        except OSError:
+            return _ABSENT
+        known = self.entries.get(path)
+        if isinstance(known, list) and len(known) == 5 and known[:4] == key:
+            return known[4]
+        value = _read_direct_url(path)
+        if value is not _ABSENT:
+            self.entries[path] = [*key, value]
+            self.changed = True
+        return value
+
     def save(self, seen: set[str]) -> None:
-        """Write the cache back when it changed, keeping only the RECORDs seen in this run's folders."""
+        """Write the cache back when it changed, keeping only the files seen in this run's folders."""
         if self.path is None or not self.changed:
             return
         entries = {k: v for k, v in self.entries.items() if k in seen}
-        write_cache(self.path, json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode())
+        try:
+            data = marshal.dumps({"version": 1, "entries": entries})
+        except ValueError:  # not plain data: nothing is remembered
+            return
+        write_cache(self.path, data)
 
 
 def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True) -> list[dict[str, Any]]:
@@ -188,11 +230,11 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
                 continue
         fact: dict[str, Any] = {"name": name, "version": version, "location": folder, "metadata_dir": entry}
         if is_dir:
-            try:
-                with open(os.path.join(full, "direct_url.json"), encoding="utf-8") as handle:
-                    fact["direct_url"] = json.load(handle)
-            except (OSError, ValueError):
-                pass
+            direct_url = os.path.join(full, "direct_url.json")
+            found = cache.direct_url(direct_url) if cache is not None else _read_direct_url(direct_url)
+            if found is not _ABSENT:
+                records.add(direct_url)
+                fact["direct_url"] = found
             if cache is not None and entry.endswith(".dist-info"):
                 record = os.path.join(full, "RECORD")
                 records.add(record)
@@ -211,6 +253,8 @@ def collect_packages(path: Iterable[str] | None = None, *, digests: bool = True)
 
 
 def _strip_credentials(url: str, where: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -247,6 +291,8 @@ def parse_source(direct_url: Any, where: str) -> dict[str, str]:
 
 def parse_packages(raw: Any) -> dict[str, Package]:
     """The `[packages]` section from raw facts, keyed by canonical name."""
+    from envlock.model import Artifact, Package, from_dict
+
     if not isinstance(raw, list):
         raise ModelError("packages", "expected a list")
     out: dict[str, Package] = {}

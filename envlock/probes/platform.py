@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-import platform
-import re
-from typing import Any
 
 from envlock._raw import get
-from envlock.model import PlatformSection
+from envlock.probes import host
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envlock.model import PlatformSection
 
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
 
@@ -28,9 +31,9 @@ def collect_platform() -> dict[str, Any]:
     except (AttributeError, ValueError, OSError):
         libc = ""
     return {
-        "system": platform.system(),
-        "machine": platform.machine(),
-        "release": platform.release(),
+        "system": host.system(),
+        "machine": host.machine(),
+        "release": host.release(),
         "libc": libc,
         "os_release": _read("/etc/os-release"),
         "markers": [path for path in CONTAINER_MARKERS if os.path.exists(path)],
@@ -74,6 +77,10 @@ def parse_container(raw: dict[str, Any]) -> str:
 
 def parse_platform(raw: Any) -> PlatformSection:
     """The `platform` section of a target from raw facts."""
+    import re
+
+    from envlock.model import PlatformSection
+
     kind = parse_container(raw)
     return PlatformSection(
         system=get(raw, "system", str, "platform"),

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
-import platform
 import sys
 import sysconfig
-from typing import Any
 
 import packaging
 
 from envlock._raw import get
-from envlock.model import PythonSection
+from envlock.probes.host import python_version
 from envlock.probes.sizes import cache_file, read_cache, write_cache
+
+TYPE_CHECKING = False  # see envlock/errors.py
+if TYPE_CHECKING:
+    from typing import Any
+
+    from envlock.model import PythonSection
 
 
 def collect_python() -> dict[str, Any]:
     """Raw facts about the running interpreter."""
     return {
         "implementation": sys.implementation.name,
-        "version": platform.python_version(),
+        "version": python_version(),
         "tag": interpreter_tag(),
         "sysconfig_platform": sysconfig.get_platform(),
         "byteorder": sys.byteorder,
@@ -37,8 +41,8 @@ def interpreter_tag() -> str:
     interpreter's file (path and stat), version and build, the platform, the C library's version and packaging's
     own version."""
     key = _tag_key()
-    path = cache_file("python-tags.json")
-    entries = read_cache(path, TAG_CACHE_LIMIT, json.loads) if path is not None and key else {}
+    path = cache_file("python-tags.marshal")
+    entries = read_cache(path, TAG_CACHE_LIMIT, marshal.loads) if path is not None and key else {}
     known = entries.get(key)
     if isinstance(known, str) and known.count("-") >= 2:
         return known
@@ -46,7 +50,7 @@ def interpreter_tag() -> str:
     if path is not None and key:
         kept = {k: v for k, v in entries.items() if isinstance(v, str)} if len(entries) < 64 else {}
         kept[key] = tag
-        write_cache(path, json.dumps({"version": 1, "entries": kept}, separators=(",", ":")).encode())
+        write_cache(path, marshal.dumps({"version": 1, "entries": kept}))
     return tag
 
 
@@ -71,15 +75,21 @@ def _tag_key() -> str:
         return ""
     if st is None:
         return ""
-    mac = platform.mac_ver()[0] if sys.platform == "darwin" else ""
+    if sys.platform == "darwin":
+        import platform
+
+        mac = platform.mac_ver()[0]
+    else:
+        mac = ""
     parts = [sys.executable, executable, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, sys.version,
              sys.implementation.cache_tag, getattr(sys, "abiflags", ""), sysconfig.get_platform(), libc or "", mac,
              packaging.__version__]
-    return json.dumps(parts, ensure_ascii=False)
+    return repr(parts)
 
 
 def parse_python(raw: Any) -> PythonSection:
     """The `[python]` section from raw facts."""
+    from envlock.model import PythonSection
     tag = get(raw, "tag", str, "python")
     interpreter, abi, plat = ([*tag.split("-", 2), "", ""])[:3]
     return PythonSection(
