@@ -30,7 +30,7 @@ from envlock.probes.packages import (
     record_digest,
     search_path,
 )
-from envlock.probes.sizes import SizeCheck, SizeTables, changed_sizes, changed_sizes_all, record_sizes
+from envlock.probes.sizes import SizeCheck, SizeTables, changed_sizes, changed_sizes_all, frame, record_sizes
 from tests.helpers import make_venv, run_ok
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -694,7 +694,7 @@ def test_a_broken_or_unwritable_cache_only_costs_time(tmp_path: Path, monkeypatc
         file.write_bytes(marshal.dumps({"version": 1, "entries": {"x": "not a list"}})[:-3])  # truncated
     assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected
     for file in caches:
-        file.write_bytes(marshal.dumps({"version": 1, "entries": {str(info / "RECORD"): "not a list"}}))
+        file.write_bytes(frame(marshal.dumps({"version": 1, "entries": {str(info / "RECORD"): "not a list"}})))
     assert collect_packages([str(tmp_path / "site")])[0]["files"] == expected
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
@@ -721,11 +721,15 @@ def test_record_sizes_lists_the_kept_files_with_their_sizes() -> None:
         "pkg-1.0.dist-info/INSTALLER,sha256=g,4",
         "pkg-1.0.dist-info/METADATA,sha256=h,100",
         "pkg/no-size.py,sha256=i,",
+        '"",sha256=j,5',  # an empty path, quoted: no file
     ])
     paths, sizes = record_sizes(record, "pkg-1.0.dist-info")
     assert dict(zip(paths, sizes, strict=True)) == {
         "pkg/__init__.py": 12, "pkg/data.bin": 4096, "pkg/a,b.py": 7, "pkg/win.py": 5,
         "pkg-1.0.dist-info/METADATA": 100}
+    # A RECORD whose one quoted row is an empty path: a table of no files (its size check has nothing to stat).
+    assert record_sizes('"",sha256=j,5\npkg/x.py,sha256=k,3', "pkg-1.0.dist-info") == (("pkg/x.py",), (3,))
+    assert record_sizes('"",sha256=j,5', "pkg-1.0.dist-info") == ((), ())
     plain = record.replace('"pkg/a,b.py",sha256=c,7\n', "")
     assert "pkg/a,b.py" not in record_sizes(plain, "pkg-1.0.dist-info")[0]
 

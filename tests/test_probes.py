@@ -20,6 +20,7 @@ from envlock.probes.floats import NUMERIC_ENV_VARS, collect_env, parse_floats, p
 from envlock.probes.gpu import collect_gpu, parse_gpu, parse_proc_driver_version
 from envlock.probes.platform import collect_platform, parse_container, parse_os_release, parse_platform
 from envlock.probes.python import collect_python, parse_python
+from envlock.probes.sizes import frame, unframe
 
 HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
 DEVBOX = HOSTS / "linux-nogpu-nocuda-x86_64_v4-devbox"  # real facts of the development machine
@@ -446,10 +447,11 @@ def test_the_interpreter_tag_is_remembered_under_what_decides_it(tmp_path: Path,
     # Another C library (or interpreter, platform, packaging) is another key: worked out again.
     monkeypatch.setattr(python_probe.os, "confstr", lambda name: "glibc 9.99", raising=False)
     assert python_probe.interpreter_tag() == worked_out and len(calls) == 2
-    assert len(marshal.loads(cache.read_bytes())["entries"]) == 2
-    keys = marshal.loads(cache.read_bytes())["entries"]
-    for damaged in (b"", b"{", marshal.dumps({"version": 1, "entries": {"x": 1}}),
-                    marshal.dumps({"version": 1, "entries": {key: "forged" for key in keys}})):
+    keys = marshal.loads(unframe(cache.read_bytes()) or b"")["entries"]
+    assert len(keys) == 2
+    for damaged in (b"", b"{", frame(b"{"), frame(marshal.dumps({"version": 1, "entries": {"x": 1}})),
+                    marshal.dumps({"version": 1, "entries": {key: worked_out for key in keys}}),  # unframed
+                    frame(marshal.dumps({"version": 1, "entries": {key: "forged" for key in keys}}))):
         cache.write_bytes(damaged)
         assert python_probe.interpreter_tag() == worked_out
     monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")

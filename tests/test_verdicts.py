@@ -19,6 +19,7 @@ from typing import NamedTuple
 import pytest
 
 from envlock import verdicts
+from envlock.probes.sizes import frame, unframe
 from tests.helpers import ENVLOCK, Venv, at_a_terminal, clean_env, make_venv, run_ok
 from tests.test_verify import TINY, build_wheel
 
@@ -238,21 +239,30 @@ def test_a_damaged_memo_is_ignored_and_written_again(job: Job) -> None:
     clean = job.verify()
     (memo,) = job.memos()
     good = memo.read_bytes()
-    entry = marshal.loads(good)["entries"]
-    damaged = [b"", b"not marshal at all", good[: len(good) // 2],
-               marshal.dumps({"version": 1, "entries": {**entry, "code": "0"}}),
-               marshal.dumps({"version": 1, "entries": {**entry, "sized": [["a", "b"]]}}),
-               marshal.dumps({"version": 2, "entries": entry}),
-               # Places no file system can have: a NUL, a lone surrogate (the memo is not believed, nothing breaks).
-               marshal.dumps({"version": 1, "entries": {**entry, "sized": (("x", "/tmp/a\0b", "x.dist-info"),)}}),
-               marshal.dumps({"version": 1, "entries": {**entry, "sized": (("x", "/tmp/\ud800", "x.dist-info"),)}}),
-               # A memo that says something else than what was seen is not believed: the key still has to hold.
-               marshal.dumps({"version": 1, "entries": {**entry, "key": "0" * 64, "stdout": "forged\n"}})]
-    for data in damaged:
-        memo.write_bytes(data)
+    data = unframe(good)
+    assert data is not None
+    entry = marshal.loads(data)["entries"]
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10
+    damaged = [b"", b"not marshal at all", good[: len(good) // 2], bytes(flipped), data,
+               # Checked whole, but what it holds is not a memo (framed, so the entry's own checks are what refuse).
+               *(frame(marshal.dumps(forged)) for forged in [
+                   {"version": 1, "entries": {**entry, "code": "0"}},
+                   {"version": 1, "entries": {**entry, "sized": [["a", "b"]]}},
+                   {"version": 2, "entries": entry},
+                   # Places no file system can have: a NUL, a lone surrogate (the memo is not believed, nothing breaks).
+                   {"version": 1, "entries": {**entry, "sized": (("x", "/tmp/a\0b", "x.dist-info"),)}},
+                   {"version": 1, "entries": {**entry, "sized": (("x", "/tmp/\ud800", "x.dist-info"),)}},
+                   # A memo that says something else than what was seen is not believed: the key still has to hold.
+                   {"version": 1, "entries": {**entry, "key": b"0" * 64, "stdout": "forged\n"}}]),
+               # A tuple of 2**31 - 1 items in five bytes, unframed: marshal would allocate for it before it read one.
+               b"(\xff\xff\xff\x7f", b"\0\0\0\0(\xff\xff\xff\x7f"]
+    for bad in damaged:
+        memo.write_bytes(bad)
         run = same_as_without_memo(job)
         assert run.compared and run.stdout == clean.stdout and run.code == 0
-        assert marshal.loads(memo.read_bytes())["entries"] == entry, "the memo was not written again"
+        again = unframe(memo.read_bytes())
+        assert again is not None and marshal.loads(again)["entries"] == entry, "the memo was not written again"
 
 
 def test_a_memo_others_could_have_written_is_not_read(main_job: Job) -> None:

@@ -45,9 +45,21 @@ def cache_file(name: str) -> str | None:
     return os.path.join(folder, name) if folder else None
 
 
+def frame(data: bytes) -> bytes:
+    """A cache file's bytes: `data` after its CRC-32 (4 bytes, little-endian). The decoders (marshal) trust the
+    lengths they read, so a damaged file could make one allocate without bound: only data that checks is decoded."""
+    return zlib.crc32(data).to_bytes(4, "little") + data
+
+
+def unframe(raw: bytes) -> bytes | None:
+    """The data of a cache file's bytes (see frame), or None when they do not check."""
+    data = raw[4:]
+    return data if len(raw) >= 4 and zlib.crc32(data) == int.from_bytes(raw[:4], "little") else None
+
+
 def read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[str, Any]:
-    """The entries of a cache file (`{"version": 1, "entries": {...}}`), or {} for one that is missing, too big or
-    unreadable in any way."""
+    """The entries of a cache file (`{"version": 1, "entries": {...}}`, framed by write_cache), or {} for one that
+    is missing, too big, damaged or unreadable in any way."""
     try:
         # Opened without blocking and read only when it is a regular file: a FIFO put there cannot hang a job start.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -55,9 +67,10 @@ def read_cache(path: str, limit: int, decode: Callable[[bytes], Any]) -> dict[st
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or not _private(st):
                 return {}
-            raw = handle.read(limit + 1)
-        data = decode(raw) if len(raw) <= limit else {}
-    except (OSError, ValueError, EOFError, TypeError):
+            raw = handle.read(limit + 5)
+        checked = unframe(raw) if len(raw) <= limit + 4 else None
+        data = decode(checked) if checked is not None else {}
+    except (OSError, ValueError, EOFError, TypeError, MemoryError, RecursionError):
         data = {}
     entries = data.get("entries") if isinstance(data, dict) and data.get("version") == 1 else None
     return entries if isinstance(entries, dict) else {}
@@ -72,15 +85,15 @@ def _private(st: os.stat_result) -> bool:
 
 
 def write_cache(path: str, data: bytes) -> None:
-    """Replace a cache file (write a temporary of the user's own next to it, then rename); a cache that cannot be
-    written is not. The temporary's name is random and made exclusively: two writers (two ranks, two containers
-    with the same process ids on one shared folder) never write into one file."""
+    """Replace a cache file with `data`, framed (write a temporary of the user's own next to it, then rename); a
+    cache that cannot be written is not. The temporary's name is random and made exclusively: two writers (two
+    ranks, two containers with the same process ids on one shared folder) never write into one file."""
     temporary = f"{path}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            out.write(frame(data))
         os.replace(temporary, path)
     except OSError:
         try:
@@ -145,7 +158,7 @@ def record_sizes(record_text: str, dist_info: str) -> tuple[tuple[str, ...], tup
     sizes: list[int] = []
     for raw_path, size in rows:
         path = raw_path.replace("\\", "/") if "\\" in raw_path else raw_path
-        if kept(path, dist_info):
+        if path and kept(path, dist_info):  # an empty path (a quoted row of a hand-made RECORD) names no file
             paths.append(path)
             sizes.append(int(size))
     return tuple(paths), tuple(sizes)
