@@ -30,7 +30,7 @@ from envlock.probes.packages import (
     record_digest,
     search_path,
 )
-from envlock.probes.sizes import SizeCheck, SizeTables, changed_sizes, changed_sizes_all, frame, record_sizes
+from envlock.probes.sizes import SizeCheck, SizeTables, changed_sizes, changed_sizes_all, frame, record_sizes, unframe
 from tests.helpers import make_venv, run_ok
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -665,6 +665,13 @@ def test_direct_url_json_is_remembered_and_read_again_when_rewritten(
         patched.setattr(packages, "_read_direct_url", refuse)
         assert collect_packages([str(tmp_path / "site")])[0] == first
     (info / "direct_url.json").write_text('{"url": "file:///src/bb", "dir_info": {}}')
+    assert collect_packages([str(tmp_path / "site")])[0]["direct_url"] == {"url": "file:///src/bb", "dir_info": {}}
+    # A cache whose entry holds what no JSON file gives (bytes; framed, so only the entry's check refuses it).
+    (cache_path,) = (tmp_path / "cache").glob("record-digests-*.marshal")
+    entries = marshal.loads(unframe(cache_path.read_bytes()) or b"")["entries"]
+    place = str(info / "direct_url.json")
+    entries[place] = [*entries[place][:4], {"url": b"file:///forged"}]
+    cache_path.write_bytes(frame(marshal.dumps({"version": 1, "entries": entries})))
     assert collect_packages([str(tmp_path / "site")])[0]["direct_url"] == {"url": "file:///src/bb", "dir_info": {}}
     (info / "direct_url.json").write_text("{not json")  # as before: unreadable means from an index
     assert "direct_url" not in collect_packages([str(tmp_path / "site")])[0]

@@ -141,6 +141,19 @@ def _read_direct_url(path: str) -> Any:
         return _ABSENT
 
 
+def _json_like(value: Any, depth: int = 0) -> bool:
+    """Whether a remembered value is what json.load could have given (a cache holds nothing else)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return True
+    if depth > 32:
+        return False
+    if isinstance(value, list):
+        return all(_json_like(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_like(v, depth + 1) for k, v in value.items())
+    return False
+
+
 class DigestCache:
     """RECORD digests remembered between runs: a digest depends on RECORD's bytes only, so it is kept under RECORD's
     path and (mtime_ns, ctime_ns, size, inode) — any rewrite of the file changes ctime — and taken again only when
@@ -180,7 +193,7 @@ class DigestCache:
         except OSError:
             return _ABSENT
         known = self.entries.get(path)
-        if isinstance(known, list) and len(known) == 5 and known[:4] == key:
+        if isinstance(known, list) and len(known) == 5 and known[:4] == key and _json_like(known[4]):
             return known[4]
         value = _read_direct_url(path)
         if value is not _ABSENT:
