@@ -1,4 +1,4 @@
-"""Every exception envlock raises, and the one table of exit codes they map to.
+"""Every exception envlock raises, and the exit codes they map to (`ExitCode`, the one table of them).
 
 The core raises; it never prints and never exits. `envlock.cli` has the one handler that turns an exception into
 one line on stderr and its code (`exit_for`).
@@ -6,24 +6,26 @@ one line on stderr and its code (`exit_for`).
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 TYPE_CHECKING = False  # typing and re are not imported here: the collectors of a job start load this module
 if TYPE_CHECKING:
     import re
 
+    from envlock.exitcodes import ExitCode as ExitCode
     from envlock.findings import Report
 
+#: The codes the exceptions here carry, as plain ints: ExitCode's (tests/test_help.py checks they are the same).
+#: ExitCode itself is an IntEnum in envlock.exitcodes, loaded when first asked for (`from envlock.errors import
+#: ExitCode`): enum and what it imports would be a tenth of a job start's `verify --fast`.
+_MISMATCH, _BAD_INPUT, _UNAVAILABLE, _BUILD, _INTERRUPTED = 1, 2, 3, 4, 130
 
-class ExitCode(IntEnum):
-    """What an envlock command's exit status means."""
 
-    OK = 0
-    MISMATCH = 1  # verify or diff found an error-severity mismatch
-    BAD_INPUT = 2  # usage, a missing or invalid lock or facts file, hostile content
-    UNAVAILABLE = 3  # the environment cannot be examined or used (NVML broken, daemon down, no store)
-    BUILD = 4  # an image build step failed
-    INTERRUPTED = 130  # Ctrl-C
+def __getattr__(name: str) -> object:
+    """`ExitCode`, imported on first use (see above)."""
+    if name == "ExitCode":
+        from envlock.exitcodes import ExitCode
+
+        return ExitCode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: What must never reach a terminal raw from a user's path or value: C0/C1 controls (a newline splits the one
@@ -57,7 +59,7 @@ class ModelError(ValueError):
 class EnvlockError(Exception):
     """Base class: a problem envlock can explain in one line."""
 
-    exit_code: int = ExitCode.BAD_INPUT
+    exit_code: int = _BAD_INPUT
 
 
 class UsageError(EnvlockError):
@@ -82,13 +84,13 @@ class FactsError(LockError):
 class EnvironmentUnavailable(EnvlockError):
     """The environment cannot be examined (a driver that will not load, a daemon that is down)."""
 
-    exit_code = ExitCode.UNAVAILABLE
+    exit_code = _UNAVAILABLE
 
 
 class BuildError(EnvlockError):
     """A step of the image build failed (a wheel that cannot be found or checked, the engine's build)."""
 
-    exit_code = ExitCode.BUILD
+    exit_code = _BUILD
 
 
 class EnvMismatchError(EnvlockError):
@@ -98,7 +100,7 @@ class EnvMismatchError(EnvlockError):
     examined makes the whole fleet exit 3).
     """
 
-    def __init__(self, report: Report, exit_code: int = ExitCode.MISMATCH) -> None:
+    def __init__(self, report: Report, exit_code: int = _MISMATCH) -> None:
         self.report = report
         self.exit_code = exit_code
         errors = report.errors
@@ -111,9 +113,9 @@ def exit_for(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for an exception that ends a command (whatever paths or values the
     message names, it is one printable line: see `printable`)."""
     if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED, "interrupted"
+        return _INTERRUPTED, "interrupted"
     if isinstance(exc, EnvlockError):
         return int(exc.exit_code), printable(str(exc))
     if isinstance(exc, OSError):  # only output that cannot be written reaches here (see envlock.cli.console)
-        return ExitCode.BAD_INPUT, printable(f"cannot write the output: {exc.strerror or exc}")
+        return _BAD_INPUT, printable(f"cannot write the output: {exc.strerror or exc}")
     raise exc

@@ -81,6 +81,22 @@ def test_every_command_declares_two_examples_and_only_exit_codes_envlock_has() -
         assert set(codes) <= set(ExitCode) and ExitCode.BAD_INPUT in codes and ExitCode.INTERRUPTED in codes
 
 
+def test_the_exceptions_carry_the_codes_of_the_one_table() -> None:
+    # envlock.errors keeps the codes as plain ints (ExitCode's enum loads only when asked for): they are ExitCode's.
+    import envlock.errors as errors
+    from envlock.exitcodes import ExitCode as table
+
+    assert errors.ExitCode is table
+    assert [errors.EnvlockError.exit_code, errors.UsageError.exit_code, errors.LockError.exit_code,
+            errors.EnvironmentUnavailable.exit_code, errors.BuildError.exit_code] == [
+        table.BAD_INPUT, table.BAD_INPUT, table.BAD_INPUT, table.UNAVAILABLE, table.BUILD]
+    assert errors.EnvMismatchError.__init__.__defaults__ == (table.MISMATCH,)
+    assert errors.exit_for(KeyboardInterrupt())[0] == table.INTERRUPTED
+    assert errors.exit_for(OSError(5, "I/O"))[0] == table.BAD_INPUT
+    with pytest.raises(AttributeError, match="no attribute 'ExitCodes'"):
+        errors.ExitCodes  # noqa: B018
+
+
 def test_the_overview_lists_every_command_with_its_whole_summary(cli: Cli) -> None:
     text = cli("--help").stdout
     for command in COMMANDS:

@@ -69,6 +69,8 @@ LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envl
         *(("envlock.probes." + p, "envlock.model") for p in ("blas", "cpu", "cuda", "floats", "gpu", "packages",
                                                               "platform", "python")),
         ("envlock.facts", "envlock.progress"),
+        # The exit codes' enum: the exceptions carry plain ints, ExitCode loads when asked for.
+        ("envlock.errors", "envlock.exitcodes"),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),
@@ -89,8 +91,10 @@ def test_findings_imports_nothing_else_from_envlock_but_the_renderer_of_str() ->
     assert _imports(PACKAGE / "findings.py") == [("envlock.report", False, False)]
 
 
-def test_errors_import_only_findings_and_only_for_types() -> None:
-    assert [(m, t) for m, _, t in _imports(PACKAGE / "errors.py")] == [("envlock.findings", True)]
+def test_errors_import_only_findings_for_types_and_the_exit_codes_when_asked() -> None:
+    assert _imports(PACKAGE / "errors.py") == [("envlock.exitcodes", True, True), ("envlock.findings", True, True),
+                                               ("envlock.exitcodes", False, False)]
+    assert _imports(PACKAGE / "exitcodes.py") == []
 
 
 def test_nothing_below_the_command_line_imports_it() -> None:
@@ -153,11 +157,12 @@ def test_verify_fast_loads_no_heavy_library(tmp_path: Path) -> None:
     assert sorted(loaded & set(HEAVY)) == []
 
 
-#: What a `verify --fast` answered by its memo must not load: the standard library's slow imports (typing, re and the
-#: rest) and the lock's model, whose grammars compile at import. Only those a bare interpreter has not loaded already
-#: count (an editable install's finder loads re, for one).
+#: What a `verify --fast` answered by its memo must not load: the standard library's slow imports (typing, re, enum
+#: and the rest) and the lock's model, whose grammars compile at import. Only those a bare interpreter has not loaded
+#: already count (an editable install's finder loads re, for one).
 NOT_ON_A_HIT = ("typing", "re", "json", "hashlib", "dataclasses", "inspect", "csv", "urllib", "threading", "ctypes",
-                "envlock.model", "envlock.dataform", "envlock.lockfile", "envlock.cli")
+                "enum", "functools", "collections", "envlock.model", "envlock.dataform", "envlock.lockfile",
+                "envlock.exitcodes", "envlock.cli")
 
 
 def _loaded(stderr: str) -> set[str]:
