@@ -128,7 +128,9 @@ def wheel_files_digest(path: Path, name: str = "") -> str:
 
 
 def _platforms(tag: str) -> list[str]:
-    """The platform tags a wheel may carry to install where `tag` is the most specific one."""
+    """The platform tags a wheel may carry to install where `tag` is the most specific one: on glibc Linux the older
+    manylinux tags, and last the plain `linux_<arch>` of a wheel built on such a machine (`pip wheel` of an sdist
+    with a C extension, envlock's own among them), which pip installs there too."""
     import re
 
     match = re.fullmatch(r"manylinux_(\d+)_(\d+)_(\w+)", tag)
@@ -138,7 +140,7 @@ def _platforms(tag: str) -> list[str]:
     out = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
     legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
     out += [f"{name}_{arch}" for m, name in legacy.items() if minor >= m]
-    return out
+    return [*out, f"linux_{arch}"]
 
 
 def compatible(filename: str, python: PythonSection) -> bool:
