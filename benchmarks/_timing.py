@@ -74,7 +74,7 @@ def wheel_install_of_this_venv(folder: str) -> str:
             subprocess.run(["cp", "-a", os.path.join(site, name), target], check=True)  # another file system
     source = os.path.join(folder, "source")
     shutil.copytree(root, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "*.so"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", folder, source])
     (wheel,) = glob.glob(os.path.join(folder, "envlock-*.whl"))
     python = os.path.join(venv, "bin", "python")

@@ -174,9 +174,9 @@ def locks(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Locks:
     work = tmp_path_factory.mktemp("docker-e2e")
     source, wheelhouse = work / "src", work / "wheels"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "envlock", source / "envlock", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "envlock", source / "envlock", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", str(source), "-w", str(wheelhouse)], check=True)
     (own,) = wheelhouse.glob("envlock-*.whl")
@@ -184,7 +184,9 @@ def locks(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Locks:
                 "--implementation", "cp", "--abi", "cp311"]
     for platform in PLATFORMS:
         download += ["--platform", platform]
-    subprocess.run([*download, str(own), "six==1.16.0"], check=True)
+    # envlock's own wheel carries its C extension, built here: its platform is this machine's plain linux tag.
+    subprocess.run([*download, "--platform", own.name.rsplit("-", 1)[1].removesuffix(".whl"), str(own),
+                    "six==1.16.0"], check=True)
     subprocess.run([*download, "--no-deps", "six==1.15.0"], check=True)
 
     wheels = {f"wheels/{p.name}": p.read_bytes() for p in sorted(wheelhouse.iterdir())}

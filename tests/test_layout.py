@@ -71,6 +71,8 @@ LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envl
         ("envlock.facts", "envlock.progress"),
         # The exit codes' enum: the exceptions carry plain ints, ExitCode loads when asked for.
         ("envlock.errors", "envlock.exitcodes"),
+        # The optional C extension: where it was not built, its import fails and the size check runs in Python.
+        ("envlock.probes.sizes", "envlock._sizecheck"),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),

@@ -792,6 +792,7 @@ def test_the_size_check_shares_the_files_with_a_child_and_gives_the_one_core_ans
         forks.append(1)
         return real_fork()
 
+    monkeypatch.setattr(sizes, "_native", lambda: None)  # the check in Python, shared with a forked child
     monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(os, "fork", counted)
     assert changed_sizes_all(jobs, parallel_from=0) == alone
@@ -809,6 +810,7 @@ def test_the_child_and_the_parent_share_out_units_and_every_one_is_done(
 
     jobs = _size_jobs(tmp_path)
     alone = [_alone(job) for job in jobs]
+    monkeypatch.setattr(sizes, "_native", lambda: None)  # the check in Python, shared with a forked child
     monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(sizes, "UNIT_FILES", 7)  # 200 files: 32 units, met somewhere in the middle
     assert SizeCheck(jobs, parallel_from=0).result() == alone  # the parent starts at once
@@ -861,6 +863,7 @@ def test_a_failed_child_has_its_half_done_by_the_parent(tmp_path: Path, monkeypa
     def broken(*_: object) -> dict[int, list[tuple[str, str]]]:
         raise RuntimeError("the child fails")
 
+    monkeypatch.setattr(sizes, "_native", lambda: None)  # the check in Python, shared with a forked child
     monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(sizes, "_child_work", broken)
     assert changed_sizes_all(jobs, parallel_from=0) == [_alone(job) for job in jobs]

@@ -400,6 +400,7 @@ def test_a_ctrl_c_after_the_size_check_started_stops_its_child(main_job: Job, wh
         children.extend([child[0]] if child is not None else [])
         return child
 
+    monkeypatch.setattr(sizes, "_native", lambda: None)  # the check in Python, shared with a forked child
     monkeypatch.setattr(sizes, "_may_fork", lambda: True)
     monkeypatch.setattr(sizes.SizeCheck.__init__, "__kwdefaults__", {"parallel_from": 0})  # a child for few files
     monkeypatch.setattr(sizes, "_start_child", started)

@@ -1,9 +1,10 @@
-"""The file-size check of `verify`, and the caches that make a job start cheap: the standard library only.
+"""The file-size check of `verify`, and the caches that make a job start cheap: the standard library only (and
+envlock's own optional C extension).
 
 Every installed file of a locked package is compared by size with what its RECORD says: one `stat` per file, the
-RECORDs parsed once and remembered (SizeTables), the stats shared with a forked child (SizeCheck). Nothing here
-imports the lock model, so `verify --fast`'s verdict memo (envlock.verdicts) can start the check before it
-loads anything else.
+RECORDs parsed once and remembered (SizeTables), the stats done on threads by envlock._sizecheck where it is built,
+else shared with a forked child (SizeCheck). Nothing here imports the lock model, so `verify --fast`'s verdict memo
+(envlock.verdicts) can start the check before it loads anything else.
 
 The caches live in the user's cache folder (`$ENVLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/envlock`, else
 `~/.cache/envlock`); `ENVLOCK_CACHE_DIR=""` turns them all off. A cache that cannot be read is ignored, one that
@@ -301,8 +302,9 @@ def changed_sizes_all(jobs: list[Job], *, parallel_from: int = PARALLEL_FILES) -
 
 
 class SizeCheck:
-    """changed_sizes for each job, begun when made: with enough files, on Linux, with a second usable core and no
-    other thread running, a forked child starts on them at once.
+    """changed_sizes for each job, begun when made: by the C check on threads where it is built (see _native), else,
+    with enough files, on Linux, with a second usable core and no other thread running, a forked child starts on
+    them at once.
 
     The stats are syscall-bound (a few µs per file), so two processes take about half as long, and a child started
     early works while this process does other things (the verdict memo reads the machine meanwhile). The files are
@@ -320,7 +322,17 @@ class SizeCheck:
         self._paths: dict[int, list[str]] = {}  # each job's paths, split on first use (in the process that stats)
         self._claims: Any = None
         self._child: tuple[int, int] | None = None
-        if sum(len(sizes) for _, _, sizes in jobs) >= parallel_from and len(self.units) > 1 and _may_fork():
+        self._native: Any = None
+        files = sum(len(sizes) for _, _, sizes in jobs)
+        native = _native()
+        if native is not None and files:
+            try:
+                self._native = native.start(jobs, _threads(files))
+            except Exception:  # whatever it refused (nothing a user makes: the jobs are envlock's), Python does it
+                self._native = None
+            else:
+                return
+        if files >= parallel_from and len(self.units) > 1 and _may_fork():
             self._start()
 
     def _start(self) -> None:
@@ -337,6 +349,11 @@ class SizeCheck:
             return
         self._claims, self._child = claims, child
 
+    def _job(self, index: int) -> Changed:
+        """changed_sizes of one whole job."""
+        location, joined, sizes = self.jobs[index]
+        return changed_sizes(location, joined.split("\n") if joined else [], sizes)
+
     def unit(self, index: int) -> Changed:
         """changed_sizes of one unit."""
         job, start, end = self.units[index]
@@ -347,7 +364,12 @@ class SizeCheck:
         return changed_sizes(location, paths[start:end], sizes[start:end])
 
     def result(self) -> list[Changed]:
-        """changed_sizes for each job, in order: this process takes units from the back until it meets the child."""
+        """changed_sizes for each job, in order: the C check's answer (a job it left is checked here), else this
+        process takes units from the back until it meets the child."""
+        if self._native is not None:
+            native, self._native = self._native, None
+            answers = native.result()
+            return [self._job(index) if found is None else found for index, found in enumerate(answers)]
         done: dict[int, Changed] = {}
         claims = self._claims
         try:
@@ -368,7 +390,10 @@ class SizeCheck:
         return out
 
     def cancel(self) -> None:
-        """Stop the child (it stops at its next unit) and reap it; nothing is answered."""
+        """Stop the child (it stops at its next unit) and reap it, or the C check's threads; nothing is answered."""
+        if self._native is not None:
+            native, self._native = self._native, None
+            native.cancel()
         if self._claims is not None:
             self._claims[:] = b"\2" * len(self.units)
         self._join()
@@ -400,6 +425,33 @@ def _child_work(check: SizeCheck, claims: Any, parent: int | None = None) -> dic
         claims[index] = 1
         done[index] = check.unit(index)
     return done
+
+
+def _native() -> Any:
+    """envlock._sizecheck, the size check in C (one fstatat per file, on threads), where it was built and is not
+    turned off (`ENVLOCK_SIZECHECK=python`); else None, and the check runs in Python, with the same answer."""
+    if os.environ.get("ENVLOCK_SIZECHECK") == "python":
+        return None
+    try:
+        import envlock._sizecheck as native
+    except ImportError:  # built without a C compiler (the extension is optional), or for another Python
+        return None
+    return native
+
+
+#: The C check starts a thread for every NATIVE_THREAD_FILES files, up to one per usable core and MAX_THREADS; the
+#: thread that asks for the answer works too, from then on.
+NATIVE_THREAD_FILES = 4096
+MAX_THREADS = 8
+
+
+def _threads(files: int) -> int:
+    """How many threads the C check of `files` files starts."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS, -(-files // NATIVE_THREAD_FILES)))
 
 
 def _may_fork() -> bool:

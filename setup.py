@@ -1,0 +1,9 @@
+"""The one thing pyproject.toml cannot say without setuptools' experimental table: envlock's optional C extension.
+
+envlock/_sizecheck.c is the size check of `verify` as one C loop on threads. It is optional: where no C compiler
+is, the build warns and goes on, and envlock checks sizes in Python (envlock/probes/sizes.py), with the same answer.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("envlock._sizecheck", ["envlock/_sizecheck.c"], optional=True)])
