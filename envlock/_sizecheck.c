@@ -10,7 +10,9 @@
  *     check.cancel()                 stop and join the threads; result() then answers None for every job
  *
  * A job is left to Python (None) when its location cannot be opened or its paths are not file-system text: the
- * Python check then says what is wrong in its own words. The threads never touch a Python object: the paths are
+ * Python check then says what is wrong in its own words. One difference is known and left: a path whose folder part
+ * and name each pass through fewer than the kernel's 40 symbolic links, but together more, is stat'ed here (in two
+ * lookups) where Python's one lookup fails (ELOOP, "unreadable"). The threads never touch a Python object: the paths are
  * read from the job strings' own buffers (or their encodings, held here) and the sizes are copied before they start.
  */
 #define PY_SSIZE_T_CLEAN
@@ -38,6 +40,9 @@
 #define O_CLOEXEC 0
 #endif
 #define FOLDER_FLAGS (O_PATH | O_DIRECTORY | O_CLOEXEC)
+/* A job's location is opened as envlock/probes/sizes.py opens it (readable): where that fails, Python checks the job
+ * (it then stats each path whole, and says for itself what is wrong). */
+#define LOCATION_FLAGS (O_RDONLY | O_DIRECTORY | O_CLOEXEC)
 
 #define BLOCK 512     /* the files of one unit of work the threads share out */
 #define MAX_THREADS 64
@@ -70,6 +75,7 @@ typedef struct {
     int nthreads;
     pid_t pid;          /* a forked copy of this object has no threads to join */
     int finished;
+    int busy;           /* result() or cancel() is joining the threads (with the GIL released) */
 } Check;
 
 static int
@@ -104,7 +110,8 @@ folder_part(const Entry *e)
 static int
 same_folder(const Entry *a, const Entry *b, Py_ssize_t part)
 {
-    return a->folder == b->folder && b->len > part && b->path[part] == '/' && memcmp(a->path, b->path, part) == 0
+    /* b is a file of a's folder: the same folder part, then a leaf that is not empty ("a/b/" stats b itself) */
+    return a->folder == b->folder && b->len > part + 1 && b->path[part] == '/' && memcmp(a->path, b->path, part) == 0
            && memchr(b->path + part + 1, '/', (size_t)(b->len - part - 1)) == NULL;
 }
 
@@ -141,7 +148,8 @@ check_block(Entry *entries, Py_ssize_t first, Py_ssize_t end)
                 part = p;
             }
         }
-        if (sub >= 0)
+        /* A path too long for one lookup is stat'ed whole, so that it fails as in Python (ENAMETOOLONG). */
+        if (sub >= 0 && e->len < PATH_MAX)
             rc = stat_path(sub, e->path + part + 1, e->len - part - 1, &st);
         else
             rc = stat_path(e->folder, e->path, e->len, &st);
@@ -175,9 +183,6 @@ work(Check *self)
 static void *
 thread_main(void *arg)
 {
-    sigset_t all; /* signals go to the interpreter's threads (Ctrl-C to the main one), not to a stat loop */
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
     work((Check *)arg);
     return NULL;
 }
@@ -204,6 +209,7 @@ release(Check *self)
     self->folders = NULL;
     PyMem_RawFree(self->entries);
     self->entries = NULL;
+    self->count = 0;
     PyMem_RawFree(self->done);
     self->done = NULL;
     Py_CLEAR(self->keep);
@@ -240,6 +246,15 @@ path_bytes(PyObject *text, PyObject *keep, Py_ssize_t *len)
         PyErr_Clear();
         return NULL;
     }
+    /* The paths come back decoded from these bytes: only a text they decode to again is done here. */
+    PyObject *again = PyUnicode_DecodeFSDefaultAndSize(PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+    int same = again != NULL ? PyUnicode_Compare(again, text) : -1;
+    Py_XDECREF(again);
+    if (same != 0) {
+        PyErr_Clear();
+        Py_DECREF(encoded);
+        return NULL;
+    }
     int rc = PyList_Append(keep, encoded);
     Py_DECREF(encoded);
     if (rc < 0)
@@ -261,7 +276,7 @@ open_location(PyObject *location)
     if ((Py_ssize_t)strlen(raw) == PyBytes_GET_SIZE(encoded)) {
         Py_BEGIN_ALLOW_THREADS
         do {
-            fd = open(raw, FOLDER_FLAGS);
+            fd = open(raw, LOCATION_FLAGS);
         } while (fd < 0 && errno == EINTR);
         Py_END_ALLOW_THREADS
     }
@@ -301,6 +316,7 @@ start(PyObject *Py_UNUSED(module), PyObject *args)
     self->nfolders = 0;
     self->nthreads = 0;
     self->finished = 0;
+    self->busy = 0;
     self->pid = getpid();
     atomic_init(&self->next, 0);
     atomic_init(&self->stop, 0);
@@ -331,8 +347,14 @@ start(PyObject *Py_UNUSED(module), PyObject *args)
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    PyObject *last_location = NULL;
-    int last_folder = -1;
+    PyObject *opened = PyDict_New(); /* location -> its descriptor (-1: it does not open), each opened once */
+    if (opened == NULL) {
+        PyMem_RawFree(joined);
+        PyMem_RawFree(lengths);
+        PyMem_RawFree(folder_of);
+        Py_DECREF(self);
+        return NULL;
+    }
     Py_ssize_t total = 0;
     for (Py_ssize_t j = 0; j < self->jobs; j++) {
         PyObject *job = PyTuple_GET_ITEM(jobs, j);
@@ -350,21 +372,25 @@ start(PyObject *Py_UNUSED(module), PyObject *args)
         Py_ssize_t n = job_files(text, lengths[j], PyTuple_GET_ITEM(job, 2));
         if (n < 0)
             continue;
-        int same = 0;
-        if (last_location != NULL) {
-            same = PyUnicode_Compare(location, last_location) == 0;
+        int folder;
+        PyObject *known = PyDict_GetItemWithError(opened, location);
+        if (known != NULL) {
+            folder = (int)PyLong_AsLong(known);
+        } else {
             if (PyErr_Occurred())
                 goto fail;
+            folder = open_location(location);
+            if (folder >= 0)
+                self->folders[self->nfolders++] = folder;
+            PyObject *number = PyLong_FromLong(folder);
+            int rc = number != NULL ? PyDict_SetItem(opened, location, number) : -1;
+            Py_XDECREF(number);
+            if (rc < 0)
+                goto fail;
         }
-        if (!same) {
-            last_location = location;
-            last_folder = open_location(location);
-            if (last_folder >= 0)
-                self->folders[self->nfolders++] = last_folder;
-        }
-        if (last_folder < 0)
+        if (folder < 0)
             continue;
-        folder_of[j] = last_folder;
+        folder_of[j] = folder;
         joined[j] = text;
         self->done[j] = 1;
         total += n;
@@ -402,21 +428,29 @@ start(PyObject *Py_UNUSED(module), PyObject *args)
     PyMem_RawFree(joined);
     PyMem_RawFree(lengths);
     PyMem_RawFree(folder_of);
+    Py_DECREF(opened);
     joined = NULL;
 
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
+    /* The threads start with every signal blocked: signals go to the interpreter's threads (Ctrl-C to the main
+     * one), never to a stat loop. */
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &before);
     for (int i = 0; i < threads; i++) {
         if (pthread_create(&self->threads[i], NULL, thread_main, self) != 0)
             break; /* fewer threads, or none: result() does the rest */
         self->nthreads++;
     }
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
     return (PyObject *)self;
 
 fail:
     PyMem_RawFree(joined);
     PyMem_RawFree(lengths);
     PyMem_RawFree(folder_of);
+    Py_DECREF(opened);
     Py_DECREF(self);
     return NULL;
 }
@@ -447,11 +481,24 @@ Check_result(Check *self, PyObject *Py_UNUSED(ignored))
             PyList_SET_ITEM(out, j, Py_NewRef(Py_None));
         return out;
     }
+    if (self->busy) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "this size check is being answered on another thread");
+        return NULL;
+    }
+    self->busy = 1; /* set and read with the GIL held */
     Py_BEGIN_ALLOW_THREADS
     work(self);
     join_threads(self);
     Py_END_ALLOW_THREADS
+    self->busy = 0;
     self->finished = 1;
+    if (atomic_load(&self->stop)) { /* cancelled meanwhile, from another thread: not every file was checked */
+        release(self);
+        for (Py_ssize_t j = 0; j < self->jobs; j++)
+            PyList_SET_ITEM(out, j, Py_NewRef(Py_None));
+        return out;
+    }
     for (Py_ssize_t j = 0; j < self->jobs; j++) {
         PyObject *found = self->done[j] ? PyList_New(0) : Py_NewRef(Py_None);
         if (found == NULL) {
@@ -484,9 +531,13 @@ static PyObject *
 Check_cancel(Check *self, PyObject *Py_UNUSED(ignored))
 {
     atomic_store(&self->stop, 1);
+    if (self->busy) /* another thread is joining them: it stops at the next block, and answers */
+        Py_RETURN_NONE;
+    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     join_threads(self);
     Py_END_ALLOW_THREADS
+    self->busy = 0;
     self->finished = 1;
     release(self);
     Py_RETURN_NONE;

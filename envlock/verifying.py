@@ -40,7 +40,7 @@ from envlock.probes.numerics import collect_numerics, specs_from_lock
 from envlock.probes.numerics.fingerprint import replay_fingerprints
 from envlock.probes.packages import canonical_name
 from envlock.probes.shadowing import Shadow, find_shadowed
-from envlock.probes.sizes import changed_files
+from envlock.probes.sizes import SizeCheck, by_name, size_jobs
 from envlock.progress import bar
 
 #: Sections that need torch or numpy imported; `--fast` does not look at them.
@@ -128,20 +128,35 @@ def gather(lock: Lock, policy: Policy, options: VerifyOptions = VerifyOptions())
         skip.extend(s for s in SLOW_SECTIONS if not _loaded_for(s, facts))
         if "blas" not in skip:
             skip.extend(_unloaded_blas(lock))
-    errors: dict[str, str] = {}
-    if not recorded and not options.fast:
-        current, errors = _with_probe(lock, current, facts, policy, options.target)
-    elif (not recorded or "numerics" not in facts) and "numerics" not in skip:
-        skip.append("numerics")
     sized: tuple[tuple[str, str, str], ...] = ()
+    started: Mapping[str, tuple[tuple[str, str], ...]] | None = None
+    check: tuple[list[str], SizeCheck] | None = None
+    if not recorded and not options.deep:
+        # The size check begins before the probe, whose kernels it overlaps (its threads, or its forked child, stat
+        # meanwhile); it reads only the packages, which the probe does not change.
+        sized = sized_packages(facts, lock, current, policy)
+        started = options.sizing(sized) if options.sizing is not None else None
+        if started is None:
+            names, jobs = size_jobs(sized)
+            check = (names, SizeCheck(jobs))
+    errors: dict[str, str] = {}
+    try:
+        if not recorded and not options.fast:
+            current, errors = _with_probe(lock, current, facts, policy, options.target)
+        elif (not recorded or "numerics" not in facts) and "numerics" not in skip:
+            skip.append("numerics")
+    except BaseException:
+        if check is not None:
+            check[1].cancel()
+        raise
     if recorded:
         modified: dict[str, tuple[tuple[str, str], ...]] = {}
     elif options.deep:
         modified = modified_files(facts, lock, progress=options.progress)
+    elif check is not None:
+        modified = by_name(check[0], check[1].result())
     else:
-        sized = sized_packages(facts, lock, current, policy)
-        started = options.sizing(sized) if options.sizing is not None else None
-        modified = dict(started) if started is not None else changed_files(sized)
+        modified = dict(started or {})
     started_by = detect() if not recorded else None
     return Observed(current=current, skipped=tuple(skip), numerics_errors=errors, modified=modified,
                     skipped_because="not in the recorded facts" if recorded else "--fast",

@@ -64,6 +64,8 @@ def _tree(root: Path) -> tuple[str, list[tuple[str, int]]]:
         *((f"pkg/big/gone{i}.py", 1) for i in range(6)),  # a run of missing files in an open folder
         *((f"pkg/nofolder/g{i}.py", 1) for i in range(6)),  # a run in a folder that cannot be opened
         ("pkg/big/f3.py", 4), ("pkg/sub/deep.py", 5),
+        # Inside a run of one folder's files: the folder itself ("a/"), and a file named as a folder.
+        *((f"pkg/big/f{i}.py", i) for i in range(4)), ("pkg/big/", 1), ("pkg/big/f4.py/", 4), ("pkg/big/f5.py", 5),
     ]
     return str(site), rows
 
@@ -88,8 +90,71 @@ def test_the_c_check_gives_the_python_answer_for_every_kind_of_path(
     assert flat["pkg/dangling.py"] == flat["pkg/nofolder/x.py"] == "missing"
     assert "pkg/link.py" not in flat and "alias/same.py" not in flat and "pkg/café.py" not in flat
     assert flat["pkg/big/f7.py"] == "8 bytes in RECORD, 7 on disk" and flat["pkg/big/gone0.py"] == "missing"
+    assert flat["pkg/big/f4.py/"] == "unreadable" and flat["pkg/big/"].endswith(" on disk")
     answer = native.start(jobs, threads).result()
     assert answer == expected
+
+
+def test_a_path_too_long_for_one_lookup_fails_as_in_python_though_its_folder_opens(native: Any, tmp_path: Path) -> None:
+    # 20 folders of 200 characters (4,019 bytes, which open one by one) and files of 101: each path is longer than
+    # the kernel takes in one lookup, so Python's stat fails (ENAMETOOLONG); the C check must not stat it in two.
+    folder = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(20):  # made one folder at a time: the whole path is too long for the kernel to take
+        os.mkdir("d" * 200, dir_fd=folder)
+        inner = os.open("d" * 200, os.O_RDONLY, dir_fd=folder)
+        os.close(folder)
+        folder = inner
+    leaves = [f"{'l' * 100}{i}" for i in range(6)]
+    for leaf in leaves:
+        with open(os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder), "w") as handle:
+            handle.write("x")
+    os.close(folder)
+    inside = "/".join(["d" * 200] * 20)
+    jobs = [(str(tmp_path), "\n".join(f"{inside}/{leaf}" for leaf in leaves), (1,) * 6)]
+    expected = python_answer(jobs)
+    assert [what for _, what in expected[0]] == ["unreadable"] * 6
+    assert native.start(jobs, 1).result() == expected
+
+
+def test_jobs_under_locations_that_alternate_open_each_location_once(native: Any, tmp_path: Path) -> None:
+    site, rows = _tree(tmp_path)
+    other = tmp_path / "other"
+    (other / "pkg").mkdir(parents=True)
+    (other / "pkg" / "same.py").write_text("x\n")
+    jobs = [(site if i % 2 else str(other), "pkg/same.py\npkg/grown.py", (6, 6)) for i in range(400)]
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    check = native.start(jobs, 0)  # no threads: the descriptors it holds until answered are all there is
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) - before == 2
+    assert check.result() == python_answer(jobs)
+
+
+def test_two_threads_asking_one_check_get_one_answer_and_no_crash(native: Any, tmp_path: Path) -> None:
+    import threading
+
+    site, rows = _tree(tmp_path)
+    jobs = _jobs(site, rows * 400, 500)
+    expected = python_answer(jobs)
+    for second in ("result", "cancel"):
+        check = native.start(jobs, 1)
+        got: list[object] = []
+
+        def ask(how: str, check: Any = check) -> None:
+            try:
+                got.append(getattr(check, how)())
+            except RuntimeError as refused:
+                got.append(refused)
+
+        threads = [threading.Thread(target=ask, args=("result",)), threading.Thread(target=ask, args=(second,))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads)
+        answers = [g for g in got if isinstance(g, list)]
+        # One thread answers whole; the other is refused, answers nothing (after the first), or cancels.
+        assert expected in answers or (second == "cancel" and answers == [[None] * len(jobs)])
+        assert all(g is None or isinstance(g, RuntimeError) or g in (expected, [None] * len(jobs)) for g in got)
 
 
 def test_jobs_it_cannot_say_are_left_to_python_and_size_check_does_them(native: Any, tmp_path: Path) -> None:
@@ -100,6 +165,7 @@ def test_jobs_it_cannot_say_are_left_to_python_and_size_check_does_them(native: 
         (str(tmp_path / "no-such-site"), "pkg/a.py", (1,)),  # the location cannot be opened
         (str(tmp_path / "site" / "pkg" / "same.py"), "x", (1,)),  # the location is a file
         (site, "pkg/\ud800.py\npkg/same.py", (1, 6)),  # a lone surrogate: no file-system bytes
+        (site, "pkg/caf\udcc3\udca9.py", (1,)),  # bytes that decode to another text ("café"): named as given
         (site, "pkg/same.py", (6, 6)),  # as many sizes as paths, or it is not a job
         (site, "pkg/same.py", [6]),  # sizes that are not a tuple
         (site + "\0", "pkg/same.py", (6,)),
@@ -109,13 +175,13 @@ def test_jobs_it_cannot_say_are_left_to_python_and_size_check_does_them(native: 
     ]
     answer = native.start(jobs, 2).result()
     assert answer[0] == answer[-1] == python_answer([good])[0]
-    assert answer[1:7] == [None] * 6 and answer[7] == []
+    assert answer[1:8] == [None] * 7 and answer[8] == []
     grown = ("pkg/grown.py", "6 bytes in RECORD, 16 on disk")
-    assert answer[8] == python_answer([jobs[8]])[0] == [("", "missing"), grown]
+    assert answer[9] == python_answer([jobs[9]])[0] == [("", "missing"), grown]
     # SizeCheck checks in Python what the C check left: a user sees one answer.
-    checked = SizeCheck([good, jobs[1], jobs[3], jobs[7]]).result()
+    checked = SizeCheck([good, jobs[1], jobs[3], jobs[4], jobs[8]]).result()
     assert checked == [python_answer([good])[0], [("pkg/a.py", "missing")],
-                       [("pkg/\ud800.py", "unreadable")], []]
+                       [("pkg/\ud800.py", "unreadable")], [("pkg/caf\udcc3\udca9.py", "1 bytes in RECORD, 3 on disk")], []]
 
 
 def test_cancel_stops_the_threads_and_answers_nothing(native: Any, tmp_path: Path) -> None:

@@ -341,8 +341,8 @@ def test_a_miss_hands_its_size_check_to_the_verify(main_job: Job, monkeypatch: p
         return done.value.code, capsys.readouterr().out
 
     calls: list[object] = []
-    real = envlock.verifying.changed_files
-    monkeypatch.setattr(envlock.verifying, "changed_files", lambda packages: calls.append(packages) or real(packages))
+    real = envlock.verifying.size_jobs  # where the verify's own size check begins
+    monkeypatch.setattr(envlock.verifying, "size_jobs", lambda packages: calls.append(packages) or real(packages))
 
     def without_memo() -> tuple[int, str]:
         monkeypatch.setenv("ENVLOCK_CACHE_DIR", "")
