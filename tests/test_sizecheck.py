@@ -117,7 +117,7 @@ def test_a_path_too_long_for_one_lookup_fails_as_in_python_though_its_folder_ope
 
 
 def test_jobs_under_locations_that_alternate_open_each_location_once(native: Any, tmp_path: Path) -> None:
-    site, rows = _tree(tmp_path)
+    site, _ = _tree(tmp_path)
     other = tmp_path / "other"
     (other / "pkg").mkdir(parents=True)
     (other / "pkg" / "same.py").write_text("x\n")
@@ -139,7 +139,7 @@ def test_two_threads_asking_one_check_get_one_answer_and_no_crash(native: Any, t
         check = native.start(jobs, 1)
         got: list[object] = []
 
-        def ask(how: str, check: Any = check) -> None:
+        def ask(how: str, check: Any = check, got: list[object] = got) -> None:
             try:
                 got.append(getattr(check, how)())
             except RuntimeError as refused:
@@ -180,8 +180,8 @@ def test_jobs_it_cannot_say_are_left_to_python_and_size_check_does_them(native: 
     assert answer[9] == python_answer([jobs[9]])[0] == [("", "missing"), grown]
     # SizeCheck checks in Python what the C check left: a user sees one answer.
     checked = SizeCheck([good, jobs[1], jobs[3], jobs[4], jobs[8]]).result()
-    assert checked == [python_answer([good])[0], [("pkg/a.py", "missing")],
-                       [("pkg/\ud800.py", "unreadable")], [("pkg/caf\udcc3\udca9.py", "1 bytes in RECORD, 3 on disk")], []]
+    assert checked == [python_answer([good])[0], [("pkg/a.py", "missing")], [("pkg/\ud800.py", "unreadable")],
+                       [("pkg/caf\udcc3\udca9.py", "1 bytes in RECORD, 3 on disk")], []]
 
 
 def test_cancel_stops_the_threads_and_answers_nothing(native: Any, tmp_path: Path) -> None:
