@@ -194,7 +194,21 @@ def test_verify_replays_every_locked_kernel(probe_lock: Path, monkeypatch: pytes
 
     monkeypatch.setattr(kernelset, "run_kernel", spy)
     assert envlock.verify(str(probe_lock)).findings == ()
-    assert sorted(ran) == sorted(locked_numerics(probe_lock).kernels)
+    locked = locked_numerics(probe_lock).kernels
+    assert sorted(ran) == sorted(locked)
+    # In the order a capture runs them, not the lock's (sorted by key): each library's start-up is paid where it
+    # was at capture (replayed in key order, conv2d came first and cost ~90 ms more).
+    captured = [key for key in default_kernels(numpy=True, torch=True) if key in locked]
+    assert ran[:len(captured)] == captured and ran != sorted(ran)
+
+
+def test_replay_order_is_the_capture_order_with_probe_shapes_where_a_capture_runs_them() -> None:
+    from envlock.probes.numerics import specs_from_lock
+
+    ran = default_kernels(numpy=True, torch=True, cuda_devices=2, extra_shapes=("64x64x64", "96x32x16"))
+    as_locked = dict(sorted(ran.items()))  # a lock's tables are sorted by key
+    assert list(as_locked) != list(ran)
+    assert list(specs_from_lock(as_locked)) == list(ran)  # probe shapes among themselves: in the lock's order
 
 
 @pytest.mark.torch
