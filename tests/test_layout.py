@@ -73,6 +73,8 @@ LAZY = {("envlock.cli", "envlock.cli.typer_app"), ("envlock.cli.commands", "envl
         ("envlock.errors", "envlock.exitcodes"),
         # The optional C extension: where it was not built, its import fails and the size check runs in Python.
         ("envlock.probes.sizes", "envlock._sizecheck"),
+        # A value of ENVLOCK_SIZECHECK that is not one: the exceptions load only then.
+        ("envlock.probes.sizes", "envlock.errors"),
         # Off `verify --fast`'s path: the HTML page, `envlock run`'s exec, the fleet's renderers.
         ("envlock.cli.commands", "envlock.report_html"), ("envlock.cli.commands", "envlock.runner"),
         ("envlock.report", "envlock.fleet.decide"),

@@ -8,6 +8,7 @@ that fails.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,33 @@ def test_without_a_c_compiler_envlock_still_builds_and_checks_sizes_in_python(tm
                          env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "None {} [[('a.py', '2 bytes in RECORD, 1 on disk'), ('b.py', 'missing')]]"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["pyhton", "yes", "C++"])
+def test_an_envlock_sizecheck_that_is_not_a_choice_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+    # Not a silent choice: a typo of `python` would otherwise keep the C check and say nothing. At job start too,
+    # where the verdict memo answers before anything else is loaded.
+    from tests.helpers import clean_env, console
+
+    lock = Path(sizes.__file__).parents[2] / "fixtures/hosts/linux-nogpu-nocuda-x86_64_v4-devbox/expected.lock"
+    env = clean_env(ENVLOCK_CACHE_DIR=str(tmp_path / "cache"))
+    for _ in range(2):  # the second run asks the memo the first one wrote
+        assert console("verify", "--fast", lock, cwd=tmp_path, env=env).returncode == 1  # not this machine's lock
+    done = console("verify", "--fast", lock, cwd=tmp_path, env={**env, "ENVLOCK_SIZECHECK": value})
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"envlock: error: ENVLOCK_SIZECHECK={value!r}: expected one of auto, c, python (auto when unset)"], done.stderr
+    for fine in ("python", "AUTO", " c "):
+        assert console("verify", "--fast", lock, cwd=tmp_path, env={**env, "ENVLOCK_SIZECHECK": fine}).returncode == 1
+
+
+def test_envlock_sizecheck_c_where_it_was_not_built_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from envlock.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "envlock._sizecheck", None)  # as where the extension was not built
+    monkeypatch.setenv("ENVLOCK_SIZECHECK", "c")
+    with pytest.raises(UsageError, match="ENVLOCK_SIZECHECK=c, but envlock's C size check cannot be loaded"):
+        sizes._native()
+    monkeypatch.setenv("ENVLOCK_SIZECHECK", "auto")
+    assert sizes._native() is None  # auto: Python's check, with the same answer

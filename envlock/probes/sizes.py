@@ -427,14 +427,32 @@ def _child_work(check: SizeCheck, claims: Any, parent: int | None = None) -> dic
     return done
 
 
+#: ENVLOCK_SIZECHECK: which size check runs. auto (or unset): the C one where it was built, else Python's; c: the C
+#: one, and a usage error where it was not built; python: Python's, even where the C one was built.
+SIZECHECKS = ("auto", "c", "python")
+
+
 def _native() -> Any:
-    """envlock._sizecheck, the size check in C (one fstatat per file, on threads), where it was built and is not
-    turned off (`ENVLOCK_SIZECHECK=python`); else None, and the check runs in Python, with the same answer."""
-    if os.environ.get("ENVLOCK_SIZECHECK") == "python":
+    """envlock._sizecheck, the size check in C (one fstatat per file, on threads), where it was built and not
+    turned off (`ENVLOCK_SIZECHECK=python`); else None, and the check runs in Python, with the same answer. A value
+    of ENVLOCK_SIZECHECK that is not one of SIZECHECKS, or `c` where the extension was not built, is a usage error
+    (exit 2), not a silent choice."""
+    raw = os.environ.get("ENVLOCK_SIZECHECK", "")
+    choice = raw.strip().lower() or "auto"
+    if choice not in SIZECHECKS:
+        from envlock.errors import UsageError
+
+        raise UsageError(f"ENVLOCK_SIZECHECK={raw!r}: expected one of {', '.join(SIZECHECKS)} (auto when unset)")
+    if choice == "python":
         return None
     try:
         import envlock._sizecheck as native
-    except ImportError:  # built without a C compiler (the extension is optional), or for another Python
+    except ImportError as missing:  # built without a C compiler (the extension is optional), or for another Python
+        if choice == "c":
+            from envlock.errors import UsageError
+
+            raise UsageError(f"ENVLOCK_SIZECHECK=c, but envlock's C size check cannot be loaded ({missing}): it is "
+                             f"built at install where a C compiler and Python's headers are") from None
         return None
     return native
 
