@@ -289,13 +289,6 @@ def by_name(names: list[str], changed: list[Changed]) -> dict[str, tuple[tuple[s
     return {name: tuple(found) for name, found in zip(names, changed, strict=True) if found}
 
 
-def changed_files(items: Iterable[tuple[str, str, str]]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """The size check of the (name, location, dist-info folder) of each package: name -> (file, what) for the files
-    whose size on disk is not what their RECORD says, only for packages that have one."""
-    names, jobs = size_jobs(items)
-    return by_name(names, SizeCheck(jobs).result())
-
-
 def changed_sizes_all(jobs: list[Job], *, parallel_from: int = PARALLEL_FILES) -> list[Changed]:
     """changed_sizes for each job, in order (see SizeCheck)."""
     return SizeCheck(jobs, parallel_from=parallel_from).result()
