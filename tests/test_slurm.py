@@ -446,8 +446,22 @@ def test_the_prolog_drains_a_node_that_does_not_match_the_jobs_lock(cluster: Clu
         assert "ran" not in (output.read_text(encoding="utf-8") if output.exists() else "").splitlines()
     finally:
         cluster.run("scancel", job, timeout=10)
-        cluster.run("scontrol", "update", f"NodeName={cluster.node}", "State=RESUME", timeout=10)
-    _wait_for(lambda: "State=IDLE " in cluster.node_line(), 20, "the node did not come back")
+        _resume(cluster)
+
+
+def _resume(cluster: Cluster, seconds: float = 30) -> None:
+    """Bring a drained node back to IDLE. RESUME again while it is drained: the Prolog drains the node with its
+    reason and exits non-zero, and slurmd's own drain for that failure can land after the first RESUME (seen once in
+    a full run: the node stayed drained, and the tests after this one found no node)."""
+    deadline = time.monotonic() + seconds
+    line = cluster.node_line()
+    while "State=IDLE " not in line:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the node did not come back within {seconds:g} s: {line}")
+        if "DRAIN" in line:
+            cluster.run("scontrol", "update", f"NodeName={cluster.node}", "State=RESUME", timeout=10)
+        time.sleep(1)
+        line = cluster.node_line()
 
 
 @pytest.mark.slow
